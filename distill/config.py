@@ -1,0 +1,79 @@
+"""Typed training configuration (validated by pydantic; recipes in toolkit compose these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo in a recipe never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StudentConfig(StrictModel):
+    name: str = Field("resnet18", description="registered student (toolkit students) or any timm model name")
+    pretrained: bool = Field(False, description="start from ImageNet weights (shipped offline where available)")
+    weights: str | None = Field(None, description="initial weights file (.safetensors)")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class OptimizerConfig(StrictModel):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.1
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(StrictModel):
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
+    step_epochs: PositiveInt = Field(30, description="step schedule: decay every N epochs")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: decay factor")
+
+
+class EmaConfig(StrictModel):
+    enabled: bool = False
+    decay: float = Field(0.999, gt=0.0, lt=1.0)
+
+
+class AugmentConfig(StrictModel):
+    """Train-time augmentation; geometry and normalisation otherwise follow the preprocessing contract."""
+
+    random_resized_crop: tuple[float, float] | None = Field(
+        None, description="scale range for RandomResizedCrop; null resizes and center-crops as at eval"
+    )
+    pad_crop: int = Field(0, ge=0, description="pad by N pixels then random-crop back (CIFAR style)")
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> "AugmentConfig":
+        rrc = self.random_resized_crop
+        if rrc is not None and not 0.0 < rrc[0] <= rrc[1] <= 1.0:
+            raise ValueError(f"random_resized_crop scale {list(rrc)} must satisfy 0 < min <= max <= 1")
+        return self
+
+
+class TrainConfig(StrictModel):
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = Field(128, description="global batch size (split across DDP ranks)")
+    eval_batch_size: PositiveInt = 512
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    ema: EmaConfig = EmaConfig()
+    augment: AugmentConfig = AugmentConfig()
+    grad_clip: PositiveFloat | None = Field(None, description="max gradient norm; null disables clipping")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32"
+    )
+    channels_last: Literal["auto", True, False] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")

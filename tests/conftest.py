@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny real image datasets written to disk, and recipe files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path(os.environ.get("TOOLKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (FASHION_DIR / "train-images-idx3-ubyte").is_file()
+
+CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (210, 200, 40)}
+
+
+def make_image(colour: tuple[int, int, int], rng: np.random.Generator, size: int = 24) -> Image.Image:
+    """A noisy solid-colour square with a random dark bar: learnable by colour, varied in layout."""
+    arr = np.clip(np.asarray(colour)[None, None, :] + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    r = int(rng.integers(0, size - 4))
+    arr[r : r + 3, :, :] //= 3
+    return Image.fromarray(arr)
+
+
+def write_image_folder(root: Path, per_class: int, seed: int = 0, size: int = 24) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, colour in CLASS_COLOURS.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(colour, rng, size).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images", per_class=10)
+
+
+def write_recipe(path: Path, data_root: Path, **train: object) -> Path:
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"train": {"kind": "imagefolder", "path": str(data_root)}, "val_fraction": 0.2},
+        "preprocess": {"input_size": 16, "resize_size": 16},
+        "student": {"name": "resnet18"},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "eval_batch_size": 64,
+            "optimizer": {"name": "sgd", "lr": 0.05},
+            "augment": {"pad_crop": 2, "hflip": 0.5},
+            **train,
+        },
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path

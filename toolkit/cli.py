@@ -1,0 +1,154 @@
+"""`toolkit`: distil a large teacher into a small classifier, export it and measure it on the device."""
+
+from __future__ import annotations
+
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runtime.errors import ToolkitError
+
+app = typer.Typer(
+    name="toolkit",
+    help=__doc__,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a recipe value: --set train.epochs=5 (repeatable; YAML values)."),
+]
+
+
+def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
+    """Dedicated flags become --set overrides, so they are validated exactly like recipe keys."""
+    extra = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return list(sets or []) + extra
+
+
+def _default_run_dir(name: str) -> Path:
+    return Path("runs") / name
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    set_: SetOption = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Override train.batch_size (global).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override train.optimizer.lr.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Override train.device: auto, cpu, cuda, cuda:N.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Override seed.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
+) -> None:
+    """Train a student with cross-entropy only (the papers' "w/o KD" row). Works under torchrun for DDP."""
+    from toolkit.recipe import load_recipe
+    from toolkit.training import run_train
+
+    overrides = _overrides(
+        set_, **{"train.epochs": epochs, "train.batch_size": batch_size, "train.optimizer.lr": lr,
+                 "train.device": device, "seed": seed}
+    )
+    r = load_recipe(recipe, overrides)
+    run_dir = out_dir or _default_run_dir(r.name)
+    t0 = time.perf_counter()
+    metrics = run_train(r, run_dir, resume=resume, force=force, console=console)
+    if metrics:
+        console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s)")
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A training run directory.")],
+    data: Annotated[str, typer.Option(help="ImageFolder dir, CSV manifest (path,label) or fashion_mnist:<train|test>[:DIR].")],
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    on_bad_image: Annotated[str, typer.Option(help="error: stop naming the file; skip: leave it out and count it.")] = "error",
+    max_pixels: Annotated[int, typer.Option(help="Reject images larger than this many pixels.")] = 64_000_000,
+) -> None:
+    """Top-1, per-class accuracy and confusion matrix of a run's student, written to RUN/eval/<data>/."""
+    from runtime.sources import align_classes, check_images, parse_data_arg
+    from toolkit.evaluation import evaluate_student, format_report, load_run_student
+
+    model, contract, _ = load_run_student(run)
+    dataset = align_classes(parse_data_arg(data, max_pixels).open(list(contract.class_names)), list(contract.class_names))
+    dataset, bad = check_images(dataset, on_bad_image)
+    if bad["skipped"]:
+        console.print(f"[yellow]skipped {bad['skipped']} unusable image(s)[/yellow]")
+    report = evaluate_student(model, dataset, contract, run, batch_size)
+    out.print(format_report(report))
+
+
+@app.command()
+def students(pattern: Annotated[str, typer.Argument(help="Glob over registered names.")] = "*") -> None:
+    """List registered students (any other timm model name works too)."""
+    from distill.students import get_student, list_students
+
+    table = Table("name", "timm architecture", "offline weights", "description")
+    for name in list_students(pattern):
+        spec = get_student(name)
+        table.add_row(name, spec.timm_name, "yes" if spec.offline_weights else "no", spec.description)
+    out.print(table)
+
+
+@app.command()
+def recipe(
+    path: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    set_: SetOption = None,
+) -> None:
+    """Validate a recipe and print it resolved (defaults filled, overrides applied)."""
+    from toolkit.recipe import load_recipe, recipe_to_yaml
+
+    out.print(recipe_to_yaml(load_recipe(path, set_)), end="", markup=False, highlight=False)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an earlier demo run.")] = True,
+) -> None:
+    """Offline demo on this CPU: ResNet-18 on real Fashion-MNIST, evaluated on the official test set."""
+    from toolkit.recipe import load_recipe
+    from toolkit.training import run_train
+
+    with resources.as_file(resources.files("toolkit") / "recipes" / "demo.yaml") as path:
+        r = load_recipe(path, set_)
+    t0 = time.perf_counter()
+    metrics = run_train(r, out_dir, force=force, console=console)
+    out.print(
+        f"demo finished in {time.perf_counter() - t0:.0f}s: val top-1 {metrics['best_val_top1']:.4f}, "
+        f"test top-1 {metrics.get('test_top1', float('nan')):.4f} (Fashion-MNIST, 10,000 official test images). "
+        f"Run directory: {out_dir}"
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the toolkit version."""
+    from toolkit import __version__
+
+    out.print(__version__)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear message and exit with status 2."""
+    try:
+        app()
+    except ToolkitError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

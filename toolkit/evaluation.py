@@ -1,0 +1,84 @@
+"""`toolkit eval`: a run's student on any dataset -> top-1, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+from torch import nn
+
+from distill.evaluate import predict_logits
+from distill.students import create_student
+from distill.weights import load_state_dict
+from runtime.atomic import write_json, write_text
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+from runtime.metrics import classification_report
+from runtime.preprocess import PreprocessContract
+from toolkit.rundir import read_manifest, update_manifest
+
+
+def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict[str, Any]]:
+    """Rebuild the student of a finished run from its config.yaml and student.safetensors."""
+    weights = run_dir / "student.safetensors"
+    config = run_dir / "config.yaml"
+    for f in (weights, config):
+        if not f.is_file():
+            raise ToolkitError(f"{f}: missing; is {run_dir} a finished training run?")
+    with safe_open(str(weights), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if "preprocess" not in meta:
+        raise ToolkitError(f"{weights}: no preprocessing contract in its metadata; it was not written by toolkit")
+    contract = PreprocessContract.from_json(meta["preprocess"])
+    recipe = yaml.safe_load(config.read_text())
+    model = create_student(recipe["student"]["name"], len(contract.class_names))
+    model.load_state_dict(load_state_dict(weights))
+    return model.eval(), contract, recipe
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
+
+
+def confusion_csv(report: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    names = report["class_names"]
+    writer.writerow(["true \\ predicted", *names])
+    for name, row in zip(names, report["confusion"]):
+        writer.writerow([name, *row])
+    return buf.getvalue()
+
+
+def evaluate_student(
+    model: nn.Module,
+    dataset: Dataset,
+    contract: PreprocessContract,
+    run_dir: Path,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest."""
+    logits = predict_logits(model, dataset, contract, batch_size, device)
+    report = classification_report(dataset.labels, logits.argmax(1), list(contract.class_names))
+    report["dataset"] = {"name": dataset.name, "fingerprint": dataset.fingerprint()}
+    out = run_dir / "eval" / _slug(dataset.name)
+    write_json(out / "metrics.json", report)
+    write_text(out / "confusion.csv", confusion_csv(report))
+    evaluations = read_manifest(run_dir).get("evaluations", {})
+    evaluations[dataset.name] = {"top1": report["top1"], "n": report["n"], **report["dataset"]}
+    update_manifest(run_dir, evaluations=evaluations)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"top-1 {report['top1']:.4f} on {report['n']} images of {report['dataset']['name']}"]
+    for name, acc in report["per_class"].items():
+        lines.append(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}  (n={report['support'][name]})")
+    return "\n".join(lines)

@@ -1,0 +1,200 @@
+"""Recipes: YAML (safe_load) -> typed, validated config. CLI overrides apply before validation.
+
+Errors name the file and the dotted key, and suggest the closest known key for a typo.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
+
+from distill.config import StrictModel, StudentConfig, TrainConfig
+from distill.students import student_input_stats
+from runtime.errors import ToolkitError, did_you_mean
+from runtime.preprocess import PreprocessContract
+from runtime.sources import DataSource
+
+
+class DataSourceConfig(StrictModel):
+    kind: Literal["fashion_mnist", "imagefolder", "csv"]
+    path: str | None = Field(None, description="ImageFolder root or CSV file; Fashion-MNIST: folder of IDX files")
+    split: Literal["train", "test"] = "train"
+    download: bool = Field(False, description="Fashion-MNIST only: download when not found (needs internet)")
+
+    def to_source(self, max_pixels: int) -> DataSource:
+        return DataSource(self.kind, self.path, self.split, self.download, max_pixels)
+
+
+class DataConfig(StrictModel):
+    train: DataSourceConfig
+    test: DataSourceConfig | None = Field(None, description="reported at the end, never used to select a model")
+    val_fraction: float = Field(0.1, ge=0.0, le=0.5, description="stratified validation split carved from train")
+    on_bad_image: Literal["error", "skip"] = "error"
+    max_pixels: PositiveInt = 64_000_000
+
+
+class PreprocessConfig(StrictModel):
+    """The preprocessing contract minus class names (those come from the data)."""
+
+    input_size: PositiveInt | tuple[PositiveInt, PositiveInt] = 224
+    resize_size: PositiveInt | None = Field(None, description="default: input_size / 0.875 (timm's crop_pct)")
+    resize_mode: Literal["shorter", "squash"] = "shorter"
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float] | None = Field(None, description="default: the student's pretrained stats")
+    std: tuple[float, float, float] | None = None
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+
+
+class Recipe(StrictModel):
+    name: str = Field(..., description="run name: the run directory is runs/<name> unless --out is given")
+    seed: int = 0
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    student: StudentConfig = StudentConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v.startswith("."):
+            raise ValueError(f"{v!r} must be a plain folder name (no '/', not starting with '.')")
+        return v
+
+    def resolved(self) -> "Recipe":
+        """Fill defaults that depend on other values (resize size, normalisation stats)."""
+        pre = self.preprocess
+        size = pre.input_size if isinstance(pre.input_size, tuple) else (pre.input_size, pre.input_size)
+        mean, std = student_input_stats(self.student.name)
+        updates = {
+            "input_size": size,
+            "resize_size": pre.resize_size or int(round(max(size) / 0.875)),
+            "mean": pre.mean or mean,
+            "std": pre.std or std,
+        }
+        return self.model_copy(update={"preprocess": pre.model_copy(update=updates)})
+
+    def contract(self, class_names: list[str]) -> PreprocessContract:
+        r = self.resolved().preprocess
+        return PreprocessContract(
+            input_size=r.input_size,  # type: ignore[arg-type]
+            resize_size=r.resize_size,  # type: ignore[arg-type]
+            resize_mode=r.resize_mode,
+            interpolation=r.interpolation,
+            mean=r.mean,  # type: ignore[arg-type]
+            std=r.std,  # type: ignore[arg-type]
+            channel_order=r.channel_order,
+            class_names=tuple(class_names),
+        )
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ToolkitError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ToolkitError(f"--set {text!r}: empty key segment in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ToolkitError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for parts, value in overrides:
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found:
+                return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the nested model that holds ``loc``'s last key."""
+    for key in loc[:-1]:
+        field = model.model_fields.get(str(key))
+        nested = _model_in(field.annotation) if field else None
+        if nested is None:
+            return []
+        model = nested
+    return list(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid recipe ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(Recipe, loc)
+            hint = did_you_mean(str(loc[-1]), known)
+            lines.append(f"  {key}: unknown key.{hint} Known keys here: {', '.join(known)}")
+        elif err["type"] == "literal_error":
+            allowed = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
+            hint = did_you_mean(str(err.get("input")), allowed)
+            lines.append(f"  {key}: {err.get('input')!r} is not one of {allowed}.{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required value is missing")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ToolkitError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ToolkitError(f"{path}: the recipe must be a YAML mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Recipe:
+    """Read, override (``--set a.b=v`` strings), validate and resolve a recipe."""
+    raw = apply_overrides(read_yaml(path), [parse_override(o) for o in overrides or []])
+    source = str(path) + (f" (with overrides {', '.join(overrides)})" if overrides else "")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ToolkitError(format_validation_error(exc, source)) from None
+    return recipe.resolved()
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
