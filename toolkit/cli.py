@@ -95,7 +95,11 @@ def students(pattern: Annotated[str, typer.Argument(help="Glob over registered n
     """List registered students (any other timm model name works too)."""
     from distill.students import get_student, list_students
 
-    table = Table("name", "timm architecture", "offline weights", "description")
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    table.add_column("timm architecture", no_wrap=True)
+    table.add_column("offline weights")
+    table.add_column("description")
     for name in list_students(pattern):
         spec = get_student(name)
         table.add_row(name, spec.timm_name, "yes" if spec.offline_weights else "no", spec.description)
