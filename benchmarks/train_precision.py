@@ -62,12 +62,14 @@ def main() -> None:
             times[key].append((time.perf_counter() - t0) / args.steps)
 
     base = statistics.median(times[("fp32", False)])
-    print(f"{args.student} {args.size}px batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"native bf16 on this CPU: {cpu_has_native_bf16()}")
+    print(
+        f"{args.student} {args.size}px batch {args.batch}, {torch.get_num_threads()} threads, "
+        f"native bf16 on this CPU: {cpu_has_native_bf16()}"
+    )
     print(f"{'precision':<10}{'channels_last':<15}{'img/s':>8}{'speed vs fp32':>15}")
     for (precision, cl), ts in times.items():
         med = statistics.median(ts)
-        print(f"{precision:<10}{str(cl):<15}{args.batch / med:>8.0f}{base / med:>14.2f}x")
+        print(f"{precision:<10}{cl!s:<15}{args.batch / med:>8.0f}{base / med:>14.2f}x")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
 
 
-
 def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state -> (tensors keyed optim.<param>.<name>, JSON-able rest)."""
     sd = optimizer.state_dict()
@@ -104,7 +103,5 @@ def load_checkpoint(
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    optimizer.load_state_dict(
-        _optimizer_join(tensors, pointer["optimizer"], optimizer.state_dict()["param_groups"])
-    )
+    optimizer.load_state_dict(_optimizer_join(tensors, pointer["optimizer"], optimizer.state_dict()["param_groups"]))
     return pointer

@@ -40,6 +40,7 @@ class ScheduleConfig(StrictModel):
 class EmaConfig(StrictModel):
     enabled: bool = False
     decay: float = Field(0.999, gt=0.0, lt=1.0)
+    warmup: bool = Field(True, description="ramp the decay up from 0 (timm's EMA warm-up), for short runs")
 
 
 class AugmentConfig(StrictModel):
@@ -53,7 +54,7 @@ class AugmentConfig(StrictModel):
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _scale_range(self) -> "AugmentConfig":
+    def _scale_range(self) -> AugmentConfig:
         rrc = self.random_resized_crop
         if rrc is not None and not 0.0 < rrc[0] <= rrc[1] <= 1.0:
             raise ValueError(f"random_resized_crop scale {list(rrc)} must satisfy 0 < min <= max <= 1")

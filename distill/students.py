@@ -78,7 +78,9 @@ def _efficientnet_lite0_package_weights() -> dict[str, torch.Tensor]:
     mapped = {}
     for (t_name, t_val), (s_name, s_val) in zip(target.items(), source.items()):
         if t_val.shape != s_val.shape:
-            raise ToolkitError(f"efficientnet_lite0 weights: {s_name} {tuple(s_val.shape)} != {t_name} {tuple(t_val.shape)}")
+            raise ToolkitError(
+                f"efficientnet_lite0 weights: {s_name} {tuple(s_val.shape)} != {t_name} {tuple(t_val.shape)}"
+            )
         mapped[t_name] = s_val
     return mapped
 
@@ -126,7 +128,7 @@ def create_student(
     elif pretrained:
         try:
             hub = timm.create_model(spec.timm_name, pretrained=True)
-        except Exception as exc:  # noqa: BLE001 - timm raises many kinds when the hub is unreachable
+        except Exception as exc:
             raise ToolkitError(
                 f"student {name!r}: pretrained weights must be downloaded from the hub and that failed "
                 f"({type(exc).__name__}: {exc}). Pass student.weights=PATH.safetensors or pretrained: false."

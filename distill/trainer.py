@@ -66,6 +66,70 @@ def _val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
+@dataclass
+class _Parts:
+    """What one optimisation step needs."""
+
+    model: nn.Module
+    train_module: nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]
+    ema: ModelEmaV3 | None
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format
+
+
+def _train_epoch(
+    parts: _Parts, loader: DataLoader, epoch: int, cfg: TrainConfig, console: Console, show: bool
+) -> list[float]:
+    """One pass over ``loader``; returns this rank's [sum of loss * n, correct, n]."""
+    p = parts
+    steps_per_epoch = len(loader)
+    p.train_module.train()
+    sums = [0.0, 0.0, 0.0]
+    progress = Progress(
+        TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not show,
+    )
+    with progress:
+        task = progress.add_task("train", total=steps_per_epoch, loss=float("nan"))
+        for step, (images, labels) in enumerate(loader):
+            global_step = epoch * steps_per_epoch + step
+            factor = lr_factor(cfg.schedule, global_step, steps_per_epoch, cfg.epochs)
+            for group, base in zip(p.optimizer.param_groups, p.base_lrs):
+                group["lr"] = base * factor
+            images = images.to(p.device, non_blocking=True, memory_format=p.memory_format)
+            labels = labels.to(p.device, non_blocking=True)
+            with autocast(p.precision, p.device):
+                logits = p.train_module(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise ToolkitError(
+                    f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower train.optimizer.lr "
+                    "or set train.grad_clip"
+                )
+            p.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(p.model.parameters(), cfg.grad_clip)
+            p.optimizer.step()
+            if p.ema is not None:
+                p.ema.update(p.model, step=global_step)
+            n = labels.shape[0]
+            sums[0] += loss.item() * n
+            sums[1] += (logits.argmax(1) == labels).sum().item()
+            sums[2] += n
+            progress.update(task, advance=1, loss=loss.item())
+    return sums
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -79,7 +143,7 @@ def fit(
     console: Console | None = None,
 ) -> FitResult:
     """Train ``model`` with cross-entropy; checkpoint every epoch into ``run_dir/checkpoints``."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     log = console.print if ctx.is_main else (lambda *a, **k: None)
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
@@ -106,7 +170,7 @@ def fit(
     model.to(device=device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optimizer)
     base_lrs = [cfg.optimizer.lr for _ in optimizer.param_groups]
-    ema = ModelEmaV3(model, decay=cfg.ema.decay) if cfg.ema.enabled else None
+    ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
     ckpt_dir = run_dir / CKPT_DIR
 
     history: list[dict[str, Any]] = []
@@ -122,8 +186,10 @@ def fit(
     if ctx.distributed:
         train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    parts = _Parts(model, train_module, optimizer, base_lrs, ema, device, precision, memory_format)
     log(
-        f"training {len(train_set)} images ({ctx.world_size} rank(s) x {per_rank}/step, {steps_per_epoch} steps/epoch), "
+        f"training {len(train_set)} images ({ctx.world_size} rank(s) x {per_rank}/step, "
+        f"{steps_per_epoch} steps/epoch), "
         f"validating on {len(val_set) if val_set is not None else 0}; device {device}, precision {precision}, "
         f"channels_last {channels_last}"
     )
@@ -132,47 +198,7 @@ def fit(
         sampler.set_epoch(epoch)
         tensors.set_epoch(epoch)
         torch.manual_seed(derive_seed(seed, MODEL_STREAM, epoch, ctx.rank))
-        train_module.train()
-        sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
-        progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-            disable=not ctx.is_main,
-        )
-        with progress:
-            task = progress.add_task("train", total=steps_per_epoch, loss=float("nan"))
-            for step, (images, labels) in enumerate(loader):
-                global_step = epoch * steps_per_epoch + step
-                factor = lr_factor(cfg.schedule, global_step, steps_per_epoch, cfg.epochs)
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * factor
-                images = images.to(device, non_blocking=True, memory_format=memory_format)
-                labels = labels.to(device, non_blocking=True)
-                with autocast(precision, device):
-                    logits = train_module(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise ToolkitError(
-                        f"loss became {loss.item()} at epoch {epoch + 1} step {step}; lower train.optimizer.lr "
-                        "or set train.grad_clip"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(model, step=global_step)
-                n = labels.shape[0]
-                sums[0] += loss.item() * n
-                sums[1] += (logits.argmax(1) == labels).sum().item()
-                sums[2] += n
-                progress.update(task, advance=1, loss=loss.item())
+        sums = _train_epoch(parts, loader, epoch, cfg, console, ctx.is_main)
         loss_sum, correct, count = ctx.all_reduce_sum(sums)
         train_time = time.perf_counter() - t0
 

@@ -24,7 +24,10 @@ def eval_transform(contract: PreprocessContract) -> Callable[[Image.Image], torc
 
 
 def random_resized_crop_box(
-    width: int, height: int, scale: tuple[float, float], rng: np.random.Generator,
+    width: int,
+    height: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tuple[int, int, int, int]:
     """(left, top, w, h) of a crop covering ``scale`` of the area at aspect ``ratio`` (Inception-style).

@@ -25,7 +25,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise ToolkitError(f"{path}: not a readable safetensors file ({exc})") from exc
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - the unpickler raises many kinds on hostile or corrupt files
+    except Exception as exc:
         raise ToolkitError(
             f"{path}: cannot be loaded as plain tensors ({type(exc).__name__}); convert it to .safetensors"
         ) from exc

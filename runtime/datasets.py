@@ -1,16 +1,15 @@
-"""Labelled image datasets as manifests: ImageFolder trees, CSV manifests, Fashion-MNIST IDX files.
+"""Labelled image datasets: items with integer labels and class names, each decodable to an RGB image
+on demand, plus a fingerprint that changes when the data does (recorded in run manifests).
 
-A dataset here is a list of items with integer labels and class names, each item decodable to an RGB
-PIL image on demand, plus a fingerprint that changes when the data does (recorded in run manifests).
+Loaders: runtime.manifests (ImageFolder, CSV), runtime.fashion_mnist (IDX files).
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-from abc import ABC, abstractmethod
 import hashlib
 import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.errors import DataError
-from runtime.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, load_image
+from runtime.images import DEFAULT_MAX_PIXELS, load_image
 
 
 class Dataset(ABC):
@@ -30,7 +29,7 @@ class Dataset(ABC):
     labels: np.ndarray
 
     def __len__(self) -> int:
-        return int(len(self.labels))
+        return len(self.labels)
 
     @abstractmethod
     def image(self, index: int) -> Image.Image:
@@ -44,7 +43,7 @@ class Dataset(ABC):
     def fingerprint(self) -> str:
         """A hash that changes when the items, labels or classes change."""
 
-    def subset(self, indices: np.ndarray | list[int]) -> "SubsetDataset":
+    def subset(self, indices: np.ndarray | list[int]) -> SubsetDataset:
         return SubsetDataset(self, np.asarray(indices, dtype=np.int64))
 
     def class_counts(self) -> dict[str, int]:
@@ -81,13 +80,20 @@ class FileDataset(Dataset):
             h.update(f"\n{rel}\t{self.class_names[label]}\t{size}".encode())
         return h.hexdigest()
 
-    def scan(self, workers: int = 4) -> list[tuple[int, str]]:
-        """Decode every image once; return (index, reason) for each one that fails."""
+    def scan(self, workers: int = 4, on_item: Callable[[], None] | None = None) -> list[tuple[int, str]]:
+        """Decode every image once; return (index, reason) for each one that fails.
+
+        ``on_item`` is called after each image (for a progress bar; runtime has no UI of its own).
+        """
+
         def check(i: int) -> tuple[int, str] | None:
             try:
                 load_image(self.paths[i], self.max_pixels)
             except DataError as exc:
                 return i, str(exc)
+            finally:
+                if on_item is not None:
+                    on_item()
             return None
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -141,206 +147,3 @@ class SubsetDataset(Dataset):
         h = hashlib.sha256(self.base.fingerprint().encode())
         h.update(np.ascontiguousarray(self.indices).tobytes())
         return h.hexdigest()
-
-
-# ---------------------------------------------------------------- ImageFolder
-
-
-def load_image_folder(root: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> FileDataset:
-    """``root/<class>/<image>``: classes are the sorted sub-folder names (torchvision's convention)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: ImageFolder root is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, cls in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if not fname.startswith(".") and fname.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(Path(dirpath) / fname)
-                    labels.append(label)
-    if not paths:
-        raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under the class folders")
-    return FileDataset(root.name, paths, np.asarray(labels, np.int64), classes, root, max_pixels)
-
-
-# ---------------------------------------------------------------- CSV manifest
-
-
-def load_csv_manifest(
-    csv_path: str | os.PathLike[str],
-    class_names: list[str] | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> FileDataset:
-    """A CSV with a header holding ``path`` and ``label`` columns; relative paths are relative to the CSV.
-
-    Labels are class names. Classes are ``class_names`` when given (fixing their order), otherwise the
-    sorted distinct labels.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: CSV manifest not found")
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in header]
-        if missing:
-            raise DataError(
-                f"{csv_path}: header {header} lacks column(s) {missing}; the first line must be 'path,label'"
-            )
-        rows = [(n + 2, r["path"], r["label"]) for n, r in enumerate(reader)]
-    if not rows:
-        raise DataError(f"{csv_path}: no rows after the header")
-    for line, path, label in rows:
-        if not path or not label:
-            raise DataError(f"{csv_path}:{line}: empty path or label")
-    classes = list(class_names) if class_names else sorted({label for _, _, label in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    paths: list[Path] = []
-    labels: list[int] = []
-    for line, path, label in rows:
-        if label not in index:
-            raise DataError(f"{csv_path}:{line}: label {label!r} is not one of the classes {classes}")
-        p = Path(path)
-        p = p if p.is_absolute() else csv_path.parent / p
-        if not p.is_file():
-            raise DataError(f"{csv_path}:{line}: image file {p} does not exist")
-        paths.append(p)
-        labels.append(index[label])
-    return FileDataset(csv_path.stem, paths, np.asarray(labels, np.int64), classes, csv_path.parent, max_pixels)
-
-
-# ---------------------------------------------------------------- Fashion-MNIST
-
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
-FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def _default_cache_dir() -> Path:
-    return Path(os.environ.get("TOOLKIT_CACHE", Path.home() / ".cache" / "edge-distill-toolkit")) / "fashion-mnist"
-
-
-def fashion_mnist_search_dirs(root: str | os.PathLike[str] | None) -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order: the given root, $TOOLKIT_FASHION_MNIST, Debian, cache."""
-    if root is not None:
-        return [Path(root)]
-    dirs = [Path(d) for d in [os.environ.get("TOOLKIT_FASHION_MNIST")] if d]
-    return dirs + [FASHION_MNIST_DEBIAN_DIR, _default_cache_dir()]
-
-
-def _find_idx(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes, as in MNIST / Fashion-MNIST."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read IDX file ({exc})") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    if data[2] != 0x08:
-        raise DataError(f"{path}: IDX element type 0x{data[2]:02x} is not unsigned byte (0x08)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: IDX header truncated")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(shape)) if shape else 0
-    if len(data) - header != expected:
-        raise DataError(f"{path}: IDX payload has {len(data) - header} bytes, shape {shape} needs {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
-
-
-def download_fashion_mnist(directory: Path) -> None:
-    """Fetch the four gzipped IDX files from the dataset's public mirror (needs internet)."""
-    import urllib.request
-
-    from runtime.atomic import atomic_path
-
-    directory.mkdir(parents=True, exist_ok=True)
-    for stems in FASHION_MNIST_FILES.values():
-        for stem in stems:
-            target = directory / f"{stem}.gz"
-            if target.is_file():
-                continue
-            with atomic_path(target) as tmp:
-                try:
-                    urllib.request.urlretrieve(FASHION_MNIST_URL + target.name, tmp)
-                except OSError as exc:
-                    raise DataError(f"downloading Fashion-MNIST {target.name} failed: {exc}") from exc
-
-
-def load_fashion_mnist(
-    split: str = "train", root: str | os.PathLike[str] | None = None, download: bool = False
-) -> ArrayDataset:
-    """Fashion-MNIST ``train`` (60,000) or ``test`` (10,000) from its IDX files."""
-    if split not in FASHION_MNIST_FILES:
-        raise DataError(f"Fashion-MNIST split {split!r} must be 'train' or 'test'")
-    img_stem, lbl_stem = FASHION_MNIST_FILES[split]
-    searched = fashion_mnist_search_dirs(root)
-    for directory in searched:
-        img_path, lbl_path = _find_idx(directory, img_stem), _find_idx(directory, lbl_stem)
-        if img_path and lbl_path:
-            break
-    else:
-        if not download:
-            raise DataError(
-                f"Fashion-MNIST {split} files ({img_stem}[.gz], {lbl_stem}[.gz]) not found in "
-                f"{', '.join(map(str, searched))}. Install them with 'apt-get install dataset-fashion-mnist', "
-                "point data.<split>.path at a folder holding the IDX files, or set download: true (needs internet)."
-            )
-        directory = Path(root) if root is not None else _default_cache_dir()
-        download_fashion_mnist(directory)
-        img_path, lbl_path = _find_idx(directory, img_stem), _find_idx(directory, lbl_stem)
-        if not (img_path and lbl_path):
-            raise DataError(f"{directory}: Fashion-MNIST download finished but {img_stem}.gz is missing")
-    images, labels = read_idx(img_path), read_idx(lbl_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DataError(f"{img_path} / {lbl_path}: shapes {images.shape} and {labels.shape} do not match")
-    if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-        raise DataError(f"{lbl_path}: label {labels.max()} out of range 0..9")
-    return ArrayDataset(f"fashion_mnist-{split}", images, labels.astype(np.int64), list(FASHION_MNIST_CLASSES))
-
-
-# ---------------------------------------------------------------- stratified split
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic class-stratified (train, val) index split of a training set.
-
-    Each class keeps round(val_fraction * n) items for validation (at least one when it has two or more),
-    drawn with a generator seeded by (seed, class), so adding a class never reshuffles the others.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction {val_fraction} must be in [0, 1)")
-    labels = np.asarray(labels)
-    train_idx: list[np.ndarray] = []
-    val_idx: list[np.ndarray] = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        perm = np.random.default_rng([seed, int(cls)]).permutation(members)
-        n_val = int(round(val_fraction * len(members)))
-        if val_fraction > 0 and len(members) >= 2:
-            n_val = min(max(n_val, 1), len(members) - 1)
-        val_idx.append(perm[:n_val])
-        train_idx.append(perm[n_val:])
-    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))

@@ -20,11 +20,9 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: li
         raise ValueError(f"labels {labels.shape} and preds {preds.shape} differ in shape")
     cm = confusion_matrix(labels, preds, len(class_names))
     support = cm.sum(axis=1)
-    per_class = {
-        name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)
-    }
+    per_class = {name: (float(cm[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)}
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "top1": float((labels == preds).mean()) if len(labels) else float("nan"),
         "per_class": per_class,
         "support": {name: int(s) for name, s in zip(class_names, support)},

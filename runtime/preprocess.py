@@ -135,7 +135,7 @@ class PreprocessContract:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PreprocessContract":
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessContract:
         known = {f.name for f in fields(cls)}
         for key in data:
             if key not in known:
@@ -145,8 +145,8 @@ class PreprocessContract:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessContract":
+    def from_json(cls, text: str) -> PreprocessContract:
         return cls.from_dict(json.loads(text))
 
-    def with_classes(self, class_names: list[str] | tuple[str, ...]) -> "PreprocessContract":
+    def with_classes(self, class_names: list[str] | tuple[str, ...]) -> PreprocessContract:
         return PreprocessContract.from_dict({**self.to_dict(), "class_names": list(class_names)})

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.datasets import (
-    ArrayDataset,
-    Dataset,
-    FileDataset,
-    load_csv_manifest,
-    load_fashion_mnist,
-    load_image_folder,
-)
+from runtime.datasets import ArrayDataset, Dataset, FileDataset
 from runtime.errors import DataError, did_you_mean
+from runtime.fashion_mnist import load_fashion_mnist
 from runtime.images import DEFAULT_MAX_PIXELS
+from runtime.manifests import load_csv_manifest, load_image_folder
 
 KINDS = ("fashion_mnist", "imagefolder", "csv")
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -65,7 +61,9 @@ def parse_data_arg(arg: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DataSource
     )
 
 
-def check_images(dataset: Dataset, policy: str, workers: int | None = None) -> tuple[Dataset, dict[str, Any]]:
+def check_images(
+    dataset: Dataset, policy: str, workers: int | None = None, on_item: Callable[[], None] | None = None
+) -> tuple[Dataset, dict[str, Any]]:
     """Decode every file-backed image once, before training, so no epoch can crash halfway.
 
     ``policy`` "error" raises a DataError listing the bad files; "skip" drops them and reports them.
@@ -76,7 +74,7 @@ def check_images(dataset: Dataset, policy: str, workers: int | None = None) -> t
     base = dataset
     if not isinstance(base, FileDataset):
         return dataset, {"checked": len(dataset), "skipped": 0, "bad": []}
-    bad = base.scan(workers or min(8, (os.cpu_count() or 2) * 2))
+    bad = base.scan(workers or min(8, (os.cpu_count() or 2) * 2), on_item)
     report = {"checked": len(base), "skipped": 0, "bad": [{"file": str(base.paths[i]), "reason": r} for i, r in bad]}
     if not bad:
         return dataset, report

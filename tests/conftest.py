@@ -15,7 +15,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path(os.environ.get("TOOLKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (FASHION_DIR / "train-images-idx3-ubyte").is_file()
+HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (
+    FASHION_DIR / "train-images-idx3-ubyte"
+).is_file()
 
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (210, 200, 40)}
 

@@ -8,20 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FASHION_DIR, HAVE_FASHION, write_image_folder
 from PIL import Image
 
-from conftest import FASHION_DIR, HAVE_FASHION, write_image_folder
-from runtime.datasets import (
-    FASHION_MNIST_CLASSES,
-    load_csv_manifest,
-    load_fashion_mnist,
-    load_image_folder,
-    read_idx,
-    stratified_split,
-)
 from runtime.errors import DataError
+from runtime.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 from runtime.images import load_image
+from runtime.manifests import load_csv_manifest, load_image_folder
 from runtime.sources import DataSource, align_classes, check_images, parse_data_arg
+from runtime.split import stratified_split
 
 
 def make_bad_images(folder: Path) -> dict[str, Path]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, write_recipe
+
 from runtime.errors import ToolkitError
 from toolkit.recipe import Recipe, load_recipe, parse_override, recipe_to_yaml
 
@@ -89,6 +89,8 @@ def test_resolved_defaults_follow_student(tmp_path: Path) -> None:
     assert again == r  # the saved resolved config reloads to the same recipe
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "toolkit" / "recipes" / "demo.yaml"])
+@pytest.mark.parametrize(
+    "recipe", sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "toolkit" / "recipes" / "demo.yaml"]
+)
 def test_shipped_recipes_validate(recipe: Path) -> None:
     assert load_recipe(recipe).name

@@ -6,8 +6,9 @@ import pkgutil
 import subprocess
 import sys
 
-import runtime
 from conftest import REPO
+
+import runtime
 
 BLOCKER = """
 import importlib.abc, sys

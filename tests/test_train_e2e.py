@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, write_image_folder, write_recipe
 from safetensors.torch import load_file
+from test_images_datasets import make_bad_images
 from typer.testing import CliRunner
 
-from conftest import REPO, write_image_folder, write_recipe
-from test_images_datasets import make_bad_images
 from toolkit.cli import app
 from toolkit.rundir import sha256_file
 
@@ -44,7 +44,14 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_run_directory_contents(trained_run: Path) -> None:
-    for name in ("config.yaml", "preprocess.json", "metrics.jsonl", "metrics.json", "student.safetensors", "manifest.json"):
+    for name in (
+        "config.yaml",
+        "preprocess.json",
+        "metrics.jsonl",
+        "metrics.json",
+        "student.safetensors",
+        "manifest.json",
+    ):
         assert (trained_run / name).is_file(), name
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert config["train"]["ema"]["enabled"] is True  # the CLI override is in the resolved config
@@ -92,7 +99,9 @@ def test_cli_errors_exit_non_zero_with_clear_message(trained_run: Path, tmp_path
     assert res.returncode == 2
     assert "train.epocs: unknown key" in res.stderr and 'Did you mean "epochs"?' in res.stderr
     assert "Traceback" not in res.stderr
-    res = subprocess.run(toolkit_cmd("eval", tmp_path, "--data", tmp_path), capture_output=True, text=True, env=subprocess_env())
+    res = subprocess.run(
+        toolkit_cmd("eval", tmp_path, "--data", tmp_path), capture_output=True, text=True, env=subprocess_env()
+    )
     assert res.returncode == 2 and "student.safetensors: missing" in res.stderr
 
 
@@ -113,14 +122,25 @@ def test_bad_images_error_or_skip(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", data, epochs=1)
     res = subprocess.run(
         toolkit_cmd("train", recipe, "--out", tmp_path / "run", "--set", "data.max_pixels=50000"),
-        capture_output=True, text=True, env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
     )
     assert res.returncode == 2 and "5 unusable image(s)" in res.stderr
     assert str(bad["truncated"]) in res.stderr.replace("\n", "")
     assert not (tmp_path / "run").exists()  # nothing half-written
     res = runner.invoke(
-        app, ["train", str(recipe), "--out", str(tmp_path / "run"), "--set", "data.on_bad_image=skip",
-              "--set", "data.max_pixels=50000"],
+        app,
+        [
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "data.on_bad_image=skip",
+            "--set",
+            "data.max_pixels=50000",
+        ],
     )
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
@@ -132,11 +152,18 @@ def load_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "student.safetensors"))
 
 
+def untimed_metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in ("time_s", "train_images_per_s")} for row in rows]
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "d", per_class=60, size=32)
-    recipe = write_recipe(tmp_path / "r.yaml", data, epochs=3, batch_size=16)
+    recipe = write_recipe(tmp_path / "r.yaml", data, epochs=3, batch_size=16, ema={"enabled": True})
     env = subprocess_env()
-    full = subprocess.run(toolkit_cmd("train", recipe, "--out", tmp_path / "full"), env=env, capture_output=True, text=True)
+    full = subprocess.run(
+        toolkit_cmd("train", recipe, "--out", tmp_path / "full"), env=env, capture_output=True, text=True
+    )
     assert full.returncode == 0, full.stderr
 
     run = tmp_path / "killed"
@@ -155,7 +182,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     killed_at = json.loads(pointer.read_text())["epoch"]
     assert killed_at < 2
 
-    resumed = subprocess.run(toolkit_cmd("train", recipe, "--out", run, "--resume"), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(
+        toolkit_cmd("train", recipe, "--out", run, "--resume"), env=env, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {pointer}"[:40] in resumed.stderr.replace("\n", "")
     a, b = load_weights(tmp_path / "full"), load_weights(run)
@@ -163,15 +192,26 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (run / "metrics.jsonl").read_text().count("\n") == 3
-    strip = lambda text: [{k: v for k, v in json.loads(l).items() if k not in ("time_s", "train_images_per_s")} for l in text.splitlines()]  # noqa: E731
-    assert strip((run / "metrics.jsonl").read_text()) == strip((tmp_path / "full" / "metrics.jsonl").read_text())
+    assert untimed_metrics(run) == untimed_metrics(tmp_path / "full")
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "d", per_class=12)
     recipe = write_recipe(tmp_path / "r.yaml", data, epochs=2, batch_size=16)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "toolkit", "train", str(recipe), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "toolkit",
+        "train",
+        str(recipe),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 rank(s) x 8/step" in res.stderr.replace("\n", "")

@@ -6,7 +6,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,11 +21,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 SetOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a recipe value: --set train.epochs=5 (repeatable; YAML values)."),
 ]
 
@@ -44,12 +44,12 @@ def _default_run_dir(name: str) -> Path:
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
     set_: SetOption = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Override train.epochs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Override train.batch_size (global).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Override train.optimizer.lr.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Override train.device: auto, cpu, cuda, cuda:N.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override seed.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size (global).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override train.optimizer.lr.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override train.device: auto, cpu, cuda, cuda:N.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override seed.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
 ) -> None:
@@ -58,8 +58,14 @@ def train(
     from toolkit.training import run_train
 
     overrides = _overrides(
-        set_, **{"train.epochs": epochs, "train.batch_size": batch_size, "train.optimizer.lr": lr,
-                 "train.device": device, "seed": seed}
+        set_,
+        **{
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "train.optimizer.lr": lr,
+            "train.device": device,
+            "seed": seed,
+        },
     )
     r = load_recipe(recipe, overrides)
     run_dir = out_dir or _default_run_dir(r.name)
@@ -72,20 +78,25 @@ def train(
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="A training run directory.")],
-    data: Annotated[str, typer.Option(help="ImageFolder dir, CSV manifest (path,label) or fashion_mnist:<train|test>[:DIR].")],
+    data: Annotated[
+        str, typer.Option(help="ImageFolder dir, CSV manifest (path,label) or fashion_mnist:<train|test>[:DIR].")
+    ],
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
-    on_bad_image: Annotated[str, typer.Option(help="error: stop naming the file; skip: leave it out and count it.")] = "error",
+    on_bad_image: Annotated[
+        str, typer.Option(help="error: stop naming the file; skip: leave it out and count it.")
+    ] = "error",
     max_pixels: Annotated[int, typer.Option(help="Reject images larger than this many pixels.")] = 64_000_000,
 ) -> None:
     """Top-1, per-class accuracy and confusion matrix of a run's student, written to RUN/eval/<data>/."""
-    from runtime.sources import align_classes, check_images, parse_data_arg
+    from runtime.sources import align_classes, parse_data_arg
+    from toolkit.datacheck import check_dataset
     from toolkit.evaluation import evaluate_student, format_report, load_run_student
 
     model, contract, _ = load_run_student(run)
-    dataset = align_classes(parse_data_arg(data, max_pixels).open(list(contract.class_names)), list(contract.class_names))
-    dataset, bad = check_images(dataset, on_bad_image)
-    if bad["skipped"]:
-        console.print(f"[yellow]skipped {bad['skipped']} unusable image(s)[/yellow]")
+    dataset = align_classes(
+        parse_data_arg(data, max_pixels).open(list(contract.class_names)), list(contract.class_names)
+    )
+    dataset, _ = check_dataset(dataset, on_bad_image, console)
     report = evaluate_student(model, dataset, contract, run, batch_size)
     out.print(format_report(report))
 

@@ -68,7 +68,7 @@ class Recipe(StrictModel):
             raise ValueError(f"{v!r} must be a plain folder name (no '/', not starting with '.')")
         return v
 
-    def resolved(self) -> "Recipe":
+    def resolved(self) -> Recipe:
         """Fill defaults that depend on other values (resize size, normalisation stats)."""
         pre = self.preprocess
         size = pre.input_size if isinstance(pre.input_size, tuple) else (pre.input_size, pre.input_size)

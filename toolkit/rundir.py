@@ -1,11 +1,11 @@
 """Run directories: resolved config, manifest of hashes and versions, atomic writes.
 
-    runs/<name>/config.yaml        resolved recipe (what actually ran)
-               preprocess.json     the preprocessing contract, with class names
-               metrics.jsonl       one line per epoch
-               metrics.json        final validation / test numbers
-               student.safetensors weights of the selected epoch
-               manifest.json       hashes, versions, data fingerprints, seeds, provenance
+runs/<name>/config.yaml        resolved recipe (what actually ran)
+           preprocess.json     the preprocessing contract, with class names
+           metrics.jsonl       one line per epoch
+           metrics.json        final validation / test numbers
+           student.safetensors weights of the selected epoch
+           manifest.json       hashes, versions, data fingerprints, seeds, provenance
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
 
 PACKAGES = ("edge-distill-toolkit", "torch", "torchvision", "timm", "numpy", "pillow", "safetensors", "pydantic")
-
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -48,7 +47,10 @@ def code_version() -> dict[str, Any]:
         dirty = bool(
             subprocess.run(
                 ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=10, check=True,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
             ).stdout.strip()
         )
     except (OSError, subprocess.SubprocessError):

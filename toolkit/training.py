@@ -15,9 +15,10 @@ from distill.students import create_student
 from distill.trainer import fit
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
-from runtime.datasets import stratified_split
 from runtime.errors import ToolkitError
-from runtime.sources import align_classes, check_images
+from runtime.sources import align_classes
+from runtime.split import stratified_split
+from toolkit.datacheck import check_dataset
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
@@ -52,7 +53,7 @@ def run_train(
     recipe: Recipe, run_dir: Path, resume: bool = False, force: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
     """Train the recipe's student with cross-entropy (the papers' "w/o KD" baseline) into ``run_dir``."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     ctx = init_distributed(recipe.train.device)
     try:
         return _train(recipe, run_dir, resume, force, console, ctx)
@@ -63,9 +64,7 @@ def run_train(
 def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Console, ctx: DistContext) -> dict:
     data_cfg = recipe.data
     full = data_cfg.train.to_source(data_cfg.max_pixels).open()
-    full, bad = check_images(full, data_cfg.on_bad_image)
-    if bad["skipped"] and ctx.is_main:
-        console.print(f"[yellow]skipped {bad['skipped']} unusable image(s) of {bad['checked']}[/yellow] (listed in manifest.json)")
+    full, bad = check_dataset(full, data_cfg.on_bad_image, console, show=ctx.is_main)
     train_idx, val_idx = stratified_split(full.labels, data_cfg.val_fraction, recipe.seed)
     train_set, val_set = full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
     contract = recipe.contract(full.class_names)
@@ -85,7 +84,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
         write_text(run_dir / "config.yaml", recipe_to_yaml(recipe))
         write_text(run_dir / "preprocess.json", json.dumps(contract.to_dict(), indent=2) + "\n")
         data_section = {
-            "train": {"name": full.name, "fingerprint": full.fingerprint(), "n": len(full), "classes": full.class_names},
+            "train": {
+                "name": full.name,
+                "fingerprint": full.fingerprint(),
+                "n": len(full),
+                "classes": full.class_names,
+            },
             "split": {
                 "val_fraction": data_cfg.val_fraction,
                 "seed": recipe.seed,
