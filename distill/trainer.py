@@ -177,11 +177,13 @@ def fit(
     best_top1: float | None = None
     best_epoch: int | None = None
     start_epoch = 0
-    if resume:
+    if resume and (ckpt_dir / "last.json").is_file():
         state = load_checkpoint(ckpt_dir, "last", model, optimizer, ema.module if ema else None)
         history, best_top1, best_epoch = state["history"], state["best_val_top1"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log(f"resumed from {ckpt_dir / 'last.json'} after epoch {start_epoch} of {cfg.epochs}")
+    elif resume:
+        log(f"no checkpoint in {ckpt_dir} yet (killed during the first epoch): starting from epoch 1")
     train_module: nn.Module = model
     if ctx.distributed:
         train_module = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -116,6 +116,23 @@ def test_existing_run_dir_needs_resume_or_force(trained_run: Path, tmp_path: Pat
     assert "different configuration" in str(res.exception) and "train.optimizer.lr" in str(res.exception)
 
 
+def test_resume_before_first_checkpoint_starts_over(tmp_path: Path) -> None:
+    import shutil
+
+    data = write_image_folder(tmp_path / "d", per_class=5)
+    recipe = write_recipe(tmp_path / "r.yaml", data, epochs=1)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(recipe), "--out", str(out)]).exit_code == 0
+    first = load_weights(out)
+    shutil.rmtree(out / "checkpoints")  # as if killed before the first epoch ended
+    (out / "student.safetensors").unlink()
+    res = runner.invoke(app, ["train", str(recipe), "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "starting from epoch 1" in res.output
+    again = load_weights(out)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
 def test_bad_images_error_or_skip(tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "d", per_class=6)
     bad = make_bad_images(data / "blue")
