@@ -101,6 +101,59 @@ def eval_(
     out.print(format_report(report))
 
 
+@app.command("export")
+def export_(
+    run: Annotated[Path, typer.Argument(help="A training run directory (with student.safetensors).")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write calibrated INT8 models, one per --backend.")] = False,
+    backend: Annotated[
+        list[str],
+        typer.Option(
+            help="INT8 target(s): onnxruntime (QDQ U8S8 for ORT CPU -> model.int8.onnx), tensorrt (symmetric "
+            "S8S8 QDQ, TensorRT's explicit-quantization input -> model.int8.tensorrt.onnx), or all. Repeatable."
+        ),
+    ] = ["onnxruntime"],  # noqa: B006 - typer reads list defaults
+    calib_size: Annotated[
+        int, typer.Option(help="Calibration images, class-stratified from the run's training split.")
+    ] = 512,
+    calib_method: Annotated[
+        str,
+        typer.Option(
+            help="minmax (default; 2-4 GB), entropy or percentile. The histogram methods can need up to 16 GB "
+            "for MobileNetV2 with 256 images; their intermediate outputs are processed 8 batches at a time to "
+            "bound memory, and a smaller --calib-size bounds it further."
+        ),
+    ] = "minmax",
+    tolerance: Annotated[
+        float, typer.Option(help="Largest accepted top-1 drop of INT8 vs FP32, in points, on held-out images.")
+    ] = 0.5,
+    max_float_layers: Annotated[
+        int, typer.Option(help="How many of the most sensitive activations the guard may keep in float.")
+    ] = 16,
+    held_out_images: Annotated[
+        int, typer.Option(help="Validation-split images the accuracy guard measures on.")
+    ] = 2000,
+    allow_fail: Annotated[
+        bool, typer.Option(help="Keep a FAIL verdict's artifact and exit 0 (it is marked FAIL in its metadata).")
+    ] = False,
+) -> None:
+    """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
+    from toolkit.exporting import run_export
+
+    targets = ("onnxruntime", "tensorrt") if "all" in backend else tuple(dict.fromkeys(backend))
+    run_export(
+        run,
+        int8=int8,
+        targets=targets,
+        calib_size=calib_size,
+        calib_method=calib_method,
+        tolerance_points=tolerance,
+        max_float_layers=max_float_layers,
+        held_out_images=held_out_images,
+        allow_fail=allow_fail,
+        console=console,
+    )
+
+
 @app.command()
 def students(pattern: Annotated[str, typer.Argument(help="Glob over registered names.")] = "*") -> None:
     """List registered students (any other timm model name works too)."""

@@ -1,0 +1,163 @@
+"""Export: ONNX with parity and metadata, INT8 per target with the accuracy guard, clear failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import write_image_folder, write_recipe
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+from export.calibration import calibration_batches, stratified_sample, validate_batches
+from export.parity import Parity, compare_logits
+from runtime.errors import DataError, ToolkitError
+from runtime.onnx_model import OnnxClassifier
+from runtime.preprocess import PreprocessContract
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("export")
+    data = write_image_folder(tmp / "data", per_class=20)
+    recipe = write_recipe(tmp / "r.yaml", data, epochs=2)
+    res = runner.invoke(app, ["train", str(recipe), "--out", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    return tmp / "run"
+
+
+def exports(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["exports"]
+
+
+@pytest.mark.slow
+def test_onnx_export_parity_metadata_dynamic_batch(run_dir: Path) -> None:
+    res = runner.invoke(app, ["export", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    model = OnnxClassifier(run_dir / "model.onnx")
+    assert model.contract == PreprocessContract.from_json((run_dir / "preprocess.json").read_text())
+    assert model.contract.class_names == ("blue", "green", "red", "yellow")
+    for n in (1, 5):
+        assert model.run(np.zeros((n, 3, 16, 16), np.float32)).shape == (n, 4)
+    parity = exports(run_dir)["onnx"]["parity"]
+    assert parity["passed"] and parity["top1_agreement"] == 1.0 and parity["max_abs_diff"] < 1e-3
+    with pytest.raises(ToolkitError, match=r"input must be float32 \(N, 3, 16, 16\)"):
+        model.run(np.zeros((1, 3, 8, 8), np.float32))
+
+
+def zero_points(path: Path) -> dict[str, np.ndarray]:
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.name: inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2}
+
+
+@pytest.mark.slow
+def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--backend", "all", "--tolerance", "100"])
+    assert res.exit_code == 0, res.output
+    ex = exports(run_dir)
+    assert ex["int8_onnxruntime"]["guard"]["verdict"] == "PASS"
+    assert ex["int8_tensorrt"]["guard"]["verdict"] == "PASS"
+    assert ex["calibration"]["images"] >= 4
+    # ONNX Runtime form: unsigned 8-bit activations.
+    ort_zp = zero_points(run_dir / "model.int8.onnx")
+    assert ort_zp and all(z.dtype == np.uint8 for z in ort_zp.values())
+    # TensorRT form: signed, symmetric (every zero point 0), per-channel weights, float biases.
+    trt = onnx.load(str(run_dir / "model.int8.tensorrt.onnx"))
+    trt_zp = zero_points(run_dir / "model.int8.tensorrt.onnx")
+    assert trt_zp and all(z.dtype == np.int8 and not z.any() for z in trt_zp.values())
+    inits = {i.name: numpy_helper.to_array(i) for i in trt.graph.initializer}
+    dq = [n for n in trt.graph.node if n.op_type == "DequantizeLinear"]
+    assert all(inits[n.input[2]].dtype == np.int8 and not inits[n.input[2]].any() for n in dq if len(n.input) > 2)
+    assert any(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in dq)  # per-channel weight scales
+    assert not any(n.input[0] in inits and inits[n.input[0]].dtype == np.int32 for n in dq)  # no int32 biases
+    convs = [n for n in trt.graph.node if n.op_type == "Conv"]
+    producers = {o: n.op_type for n in trt.graph.node for o in n.output}
+    assert all(producers.get(c.input[0]) == "DequantizeLinear" for c in convs)  # Q/DQ feeds every Conv
+    for name in ("model.int8.onnx", "model.int8.tensorrt.onnx"):
+        m = OnnxClassifier(run_dir / name)
+        assert m.run(np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 4)  # runs in ONNX Runtime
+        meta = m.session.get_modelmeta().custom_metadata_map
+        assert meta["toolkit.guard"] == "PASS" and "toolkit.preprocess" in meta
+
+
+@pytest.mark.slow
+def test_guard_forced_failure_keeps_layers_in_float(run_dir: Path) -> None:
+    args = ["export", str(run_dir), "--int8", "--tolerance", "-100", "--max-float-layers", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0 and "accuracy guard FAILED" in str(res.exception)
+    guard = exports(run_dir)["int8_onnxruntime"]["guard"]
+    assert guard["verdict"] == "FAIL" and len(guard["attempts"]) == 3  # plain, then 1 and 2 worst layers in float
+    assert guard["kept_in_float"] and all(a["kept_in_float"] for a in guard["attempts"][1:])
+    res = runner.invoke(app, [*args, "--allow-fail"])
+    assert res.exit_code == 0, res.output
+    meta = OnnxClassifier(run_dir / "model.int8.onnx").session.get_modelmeta().custom_metadata_map
+    assert meta["toolkit.guard"] == "FAIL"
+
+
+@pytest.mark.slow
+def test_parity_failure_stops_export_and_removes_file(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import toolkit.exporting as exporting
+
+    monkeypatch.setattr(exporting, "check_parity", lambda *a, **k: Parity(8, 0.5, 2.0, 0.75, 1e-3, 0.99))
+    with pytest.raises(
+        ToolkitError, match="parity check failed.*max \\|logit diff\\| 5.00e-01.*top-1 agreement 0.7500"
+    ):
+        exporting.run_export(run_dir)
+    assert not (run_dir / "model.onnx").exists()
+    assert not list(run_dir.glob("*.tmp"))
+
+
+def test_export_of_untrained_run_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    res = runner.invoke(app, ["export", str(tmp_path)])
+    assert res.exit_code != 0 and "student.safetensors: missing" in str(res.exception)
+    assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]
+
+
+def test_corrupt_or_foreign_onnx_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(ToolkitError, match="ONNX Runtime cannot load it"):
+        OnnxClassifier(bad)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 2, 2])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [x],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 2, 2])],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8), str(bad))
+    with pytest.raises(ToolkitError, match="no 'toolkit.preprocess' metadata"):
+        OnnxClassifier(bad)
+
+
+def test_parity_numbers() -> None:
+    ref = np.array([[2.0, 1.0], [0.0, 3.0]], np.float32)
+    assert compare_logits(ref, ref + 1e-5, 1e-3, 0.99).passed
+    p = compare_logits(ref, np.array([[1.0, 2.0], [0.0, 3.0]], np.float32), 1e-3, 0.99)
+    assert (p.max_abs_diff, p.top1_agreement, p.passed) == (1.0, 0.5, False)
+
+
+def test_calibration_sample_and_validation(tmp_path: Path) -> None:
+    labels = np.repeat(np.arange(3), [50, 30, 4])
+    idx = stratified_sample(labels, 30, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [10, 10, 4]
+    c = PreprocessContract(input_size=8, resize_size=8)
+    with pytest.raises(DataError, match="NaN or inf"):
+        validate_batches([np.full((2, 3, 8, 8), np.nan, np.float32)], c)
+    with pytest.raises(DataError, match=r"expected float32 \(N, 3, 8, 8\)"):
+        validate_batches([np.zeros((2, 3, 4, 4), np.float32)], c)
+    from runtime.manifests import load_image_folder
+
+    ds = load_image_folder(write_image_folder(tmp_path / "d", per_class=3))
+    with pytest.raises(DataError, match="fewer than 5 image"):
+        calibration_batches(ds, c, 12, 0, min_per_class=5)
+    batches = calibration_batches(ds, c, 8, 0, batch_size=3)
+    assert sum(len(b) for b in batches) == 8 and batches[0].shape[1:] == (3, 8, 8)

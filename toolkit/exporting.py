@@ -1,0 +1,121 @@
+"""`toolkit export`: a run's student -> model.onnx (parity-checked) -> INT8 per target (guarded)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+from rich.console import Console
+
+from export.calibration import calibration_batches
+from export.guard import guarded_quantize
+from export.onnx_export import OPSET, export_onnx, set_metadata
+from export.parity import check_parity
+from export.quantize import get_target
+from runtime.atomic import atomic_path
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+from runtime.hashing import sha256_file
+from runtime.onnx_model import OnnxClassifier
+from runtime.split import stratified_split
+from toolkit.datacheck import check_dataset
+from toolkit.evaluation import load_run_student
+from toolkit.recipe import Recipe
+from toolkit.rundir import read_manifest, update_manifest
+
+INT8_FILES = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8.tensorrt.onnx"}
+
+
+def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
+    """The run's own training and held-out validation splits, rebuilt from its resolved config."""
+    data = recipe.data
+    full, _ = check_dataset(data.train.to_source(data.max_pixels).open(), data.on_bad_image, console)
+    train_idx, val_idx = stratified_split(full.labels, data.val_fraction, recipe.seed)
+    if not len(val_idx):
+        raise ToolkitError("the run has no validation split (data.val_fraction: 0): nothing held out to check on")
+    return full.subset(train_idx), full.subset(val_idx)
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def run_export(
+    run_dir: Path,
+    int8: bool = False,
+    targets: tuple[str, ...] = ("onnxruntime",),
+    calib_size: int = 512,
+    calib_method: str = "minmax",
+    tolerance_points: float = 0.5,
+    max_float_layers: int = 16,
+    held_out_images: int = 2000,
+    parity_images: int = 256,
+    allow_fail: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console(stderr=True, soft_wrap=True)
+    for t in targets:
+        get_target(t)
+    model, contract, raw = load_run_student(run_dir)
+    recipe = Recipe.model_validate(raw)
+    train_set, val_set = run_splits(recipe, console)
+    held_out = val_set.subset(range(min(held_out_images, len(val_set))))
+
+    onnx_path = run_dir / "model.onnx"
+    t0 = time.perf_counter()
+    export_onnx(model, contract, onnx_path)
+    fp32 = OnnxClassifier(onnx_path)
+    parity = check_parity(model, fp32, val_set.subset(range(min(parity_images, len(val_set)))))
+    if not parity.passed:
+        onnx_path.unlink()
+        raise ToolkitError(f"ONNX parity check failed, model.onnx removed: {parity.describe()}")
+    console.print(f"model.onnx (opset {OPSET}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
+    section: dict[str, Any] = {"onnx": {**_file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
+
+    failed: list[str] = []
+    if int8:
+        batches = calibration_batches(train_set, contract, calib_size, recipe.seed)
+        section["calibration"] = {
+            "images": sum(len(b) for b in batches),
+            "method": calib_method,
+            "source": "train split",
+        }
+        for target in targets:
+            out = run_dir / INT8_FILES[target]
+            t0 = time.perf_counter()
+            report = guarded_quantize(
+                onnx_path, out, target, batches, held_out, calib_method, tolerance_points, max_float_layers
+            )
+            verdict = report.to_dict()
+            _stamp_verdict(out, verdict["verdict"])
+            section[f"int8_{target}"] = {
+                **_file_entry(out),
+                "format": get_target(target).description,
+                "guard": verdict,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            console.print(
+                f"{out.name}: {verdict['verdict']} top-1 {report.int8_top1:.4f} vs FP32 {report.fp32_top1:.4f} "
+                f"(drop {report.drop_points:.2f} points, tolerance {tolerance_points}) on {len(held_out)} held-out "
+                f"images; kept in float: {report.kept_in_float or 'none'}"
+            )
+            if not report.passed:
+                failed.append(out.name)
+    exports = read_manifest(run_dir).get("exports", {})
+    exports.update(section)
+    update_manifest(run_dir, exports=exports)
+    if failed and not allow_fail:
+        raise ToolkitError(
+            f"accuracy guard FAILED for {', '.join(failed)} (details in manifest.json 'exports'); "
+            "raise --tolerance, --max-float-layers or --calib-size, or pass --allow-fail to keep it anyway"
+        )
+    return section
+
+
+def _stamp_verdict(path: Path, verdict: str) -> None:
+    proto = onnx.load(str(path))
+    set_metadata(proto, {"toolkit.guard": verdict})
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
