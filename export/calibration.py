@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from runtime.classifier import contract_batches
 from runtime.datasets import Dataset
 from runtime.errors import DataError
-from runtime.onnx_model import contract_batches
 from runtime.preprocess import PreprocessContract
 
 

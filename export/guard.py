@@ -22,8 +22,8 @@ from onnxruntime.quantization.qdq_loss_debug import (
 
 from export.calibration import BatchReader
 from export.quantize import quantize
+from runtime.classifier import OnnxClassifier
 from runtime.datasets import Dataset
-from runtime.onnx_model import OnnxClassifier
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 

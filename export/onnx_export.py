@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from runtime.atomic import atomic_path
+from runtime.classifier import META_FORMAT, META_PREPROCESS
 from runtime.errors import ToolkitError
-from runtime.onnx_model import META_FORMAT, META_PREPROCESS
 from runtime.preprocess import PreprocessContract
 
 # ONNX Runtime's static quantizer and TensorRT 10 both take opset 18; per-channel QDQ needs >= 13.

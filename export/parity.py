@@ -8,8 +8,8 @@ import numpy as np
 from torch import nn
 
 from distill.evaluate import predict_logits
+from runtime.classifier import OnnxClassifier
 from runtime.datasets import Dataset
-from runtime.onnx_model import OnnxClassifier
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from export.calibration import calibration_batches, stratified_sample, validate_batches
 from export.parity import Parity, compare_logits
+from runtime.classifier import OnnxClassifier
 from runtime.errors import DataError, ToolkitError
-from runtime.onnx_model import OnnxClassifier
 from runtime.preprocess import PreprocessContract
 from toolkit.cli import app
 
@@ -161,3 +161,26 @@ def test_calibration_sample_and_validation(tmp_path: Path) -> None:
         calibration_batches(ds, c, 12, 0, min_per_class=5)
     batches = calibration_batches(ds, c, 8, 0, batch_size=3)
     assert sum(len(b) for b in batches) == 8 and batches[0].shape[1:] == (3, 8, 8)
+
+
+@pytest.mark.slow
+def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
+    from runtime.classifier import OpenVinoClassifier
+
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--backend", "openvino", "--tolerance", "100"])
+    assert res.exit_code == 0, res.output
+    ex = exports(run_dir)
+    assert ex["openvino"]["parity_vs_onnx"]["passed"] and ex["openvino"]["file"] == "model.openvino/model.xml"
+    assert ex["int8_openvino"]["guard"]["verdict"] == "PASS"
+    for rel in ("model.openvino/model.xml", "model.int8.openvino/model.xml"):
+        m = OpenVinoClassifier(run_dir / rel)
+        assert m.contract.class_names == ("blue", "green", "red", "yellow")
+        assert m.run(np.zeros((3, 3, 16, 16), np.float32)).shape == (3, 4)
+    assert not list(run_dir.glob(".model*"))  # no temp folders left
+    res = runner.invoke(
+        app, ["export", str(run_dir), "--int8", "--backend", "openvino", "--tolerance", "-100", "--allow-fail"]
+    )
+    assert res.exit_code == 0, res.output
+    guard = exports(run_dir)["int8_openvino"]["guard"]
+    assert guard["verdict"] == "FAIL"
+    assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]

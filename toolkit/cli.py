@@ -108,8 +108,9 @@ def export_(
     backend: Annotated[
         list[str],
         typer.Option(
-            help="INT8 target(s): onnxruntime (QDQ U8S8 for ORT CPU -> model.int8.onnx), tensorrt (symmetric "
-            "S8S8 QDQ, TensorRT's explicit-quantization input -> model.int8.tensorrt.onnx), or all. Repeatable."
+            help="Target(s): onnxruntime (INT8: QDQ U8S8 for ORT CPU -> model.int8.onnx), tensorrt (INT8: "
+            "symmetric S8S8 QDQ, TensorRT's explicit-quantization input -> model.int8.tensorrt.onnx), openvino "
+            "(IR in model.openvino/; INT8 by NNCF in model.int8.openvino/), or all. Repeatable."
         ),
     ] = ["onnxruntime"],  # noqa: B006 - typer reads list defaults
     calib_size: Annotated[
@@ -139,7 +140,7 @@ def export_(
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
 
-    targets = ("onnxruntime", "tensorrt") if "all" in backend else tuple(dict.fromkeys(backend))
+    targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
     run_export(
         run,
         int8=int8,

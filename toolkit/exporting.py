@@ -12,20 +12,26 @@ from rich.console import Console
 from export.calibration import calibration_batches
 from export.guard import guarded_quantize
 from export.onnx_export import OPSET, export_onnx, set_metadata
-from export.parity import check_parity
+from export.parity import check_parity, compare_logits
 from export.quantize import get_target
 from runtime.atomic import atomic_path
+from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
-from runtime.errors import ToolkitError
+from runtime.errors import ToolkitError, did_you_mean
 from runtime.hashing import sha256_file
-from runtime.onnx_model import OnnxClassifier
 from runtime.split import stratified_split
 from toolkit.datacheck import check_dataset
 from toolkit.evaluation import load_run_student
 from toolkit.recipe import Recipe
 from toolkit.rundir import read_manifest, update_manifest
 
-INT8_FILES = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8.tensorrt.onnx"}
+BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+INT8_FILES = {
+    "onnxruntime": "model.int8.onnx",
+    "tensorrt": "model.int8.tensorrt.onnx",
+    "openvino": "model.int8.openvino/model.xml",
+}
+OPENVINO_FP32 = "model.openvino/model.xml"
 
 
 def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
@@ -39,7 +45,12 @@ def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if path.suffix == ".xml":  # OpenVINO IR: model.xml + model.bin in their own folder
+        weights = path.with_suffix(".bin")
+        entry |= {"file": f"{path.parent.name}/{path.name}", "bin_sha256": sha256_file(weights)}
+        entry["bytes"] += weights.stat().st_size
+    return entry
 
 
 def run_export(
@@ -57,7 +68,8 @@ def run_export(
 ) -> dict[str, Any]:
     console = console or Console(stderr=True, soft_wrap=True)
     for t in targets:
-        get_target(t)
+        if t not in BACKENDS:
+            raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     model, contract, raw = load_run_student(run_dir)
     recipe = Recipe.model_validate(raw)
     train_set, val_set = run_splits(recipe, console)
@@ -74,6 +86,17 @@ def run_export(
     console.print(f"model.onnx (opset {OPSET}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
     section: dict[str, Any] = {"onnx": {**_file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
 
+    ov_fp32 = None
+    if "openvino" in targets:
+        from export.openvino_export import onnx_to_openvino
+
+        ov_fp32 = onnx_to_openvino(onnx_path, run_dir / OPENVINO_FP32, contract)
+        ov_agreement = compare_logits(
+            fp32.predict(held_out), OpenVinoClassifier(run_dir / OPENVINO_FP32).predict(held_out), 1e-3, 0.99
+        )
+        section["openvino"] = {**_file_entry(run_dir / OPENVINO_FP32), "parity_vs_onnx": ov_agreement.to_dict()}
+        console.print(f"{OPENVINO_FP32}: parity vs ONNX Runtime: {ov_agreement.describe()}")
+
     failed: list[str] = []
     if int8:
         batches = calibration_batches(train_set, contract, calib_size, recipe.seed)
@@ -85,24 +108,34 @@ def run_export(
         for target in targets:
             out = run_dir / INT8_FILES[target]
             t0 = time.perf_counter()
-            report = guarded_quantize(
-                onnx_path, out, target, batches, held_out, calib_method, tolerance_points, max_float_layers
-            )
+            if target == "openvino":
+                from export.openvino_export import quantize_openvino
+
+                fp32_top1 = float((fp32.predict(held_out).argmax(1) == held_out.labels).mean())
+                report = quantize_openvino(ov_fp32, out, batches, held_out, fp32_top1, tolerance_points)
+            else:
+                report = guarded_quantize(
+                    onnx_path, out, target, batches, held_out, calib_method, tolerance_points, max_float_layers
+                )
             verdict = report.to_dict()
-            _stamp_verdict(out, verdict["verdict"])
+            if target != "openvino":
+                _stamp_verdict(out, verdict["verdict"])
             section[f"int8_{target}"] = {
                 **_file_entry(out),
-                "format": get_target(target).description,
+                "format": "OpenVINO IR, NNCF post-training INT8"
+                if target == "openvino"
+                else get_target(target).description,
                 "guard": verdict,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
             console.print(
-                f"{out.name}: {verdict['verdict']} top-1 {report.int8_top1:.4f} vs FP32 {report.fp32_top1:.4f} "
+                f"{INT8_FILES[target]}: {verdict['verdict']} top-1 {report.int8_top1:.4f} "
+                f"vs FP32 {report.fp32_top1:.4f} "
                 f"(drop {report.drop_points:.2f} points, tolerance {tolerance_points}) on {len(held_out)} held-out "
                 f"images; kept in float: {report.kept_in_float or 'none'}"
             )
             if not report.passed:
-                failed.append(out.name)
+                failed.append(INT8_FILES[target])
     exports = read_manifest(run_dir).get("exports", {})
     exports.update(section)
     update_manifest(run_dir, exports=exports)
