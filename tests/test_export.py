@@ -65,6 +65,10 @@ def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
     assert ex["int8_onnxruntime"]["guard"]["verdict"] == "PASS"
     assert ex["int8_tensorrt"]["guard"]["verdict"] == "PASS"
     assert ex["calibration"]["images"] >= 4
+    from export.tensorrt_engine import unavailable_reason
+
+    if unavailable_reason():  # no TensorRT/GPU here: the manifest says why no engine was built
+        assert ex["int8_tensorrt"]["engine"] == {"built": False, "reason": unavailable_reason()}
     # ONNX Runtime form: unsigned 8-bit activations.
     ort_zp = zero_points(run_dir / "model.int8.onnx")
     assert ort_zp and all(z.dtype == np.uint8 for z in ort_zp.values())
@@ -184,3 +188,17 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     guard = exports(run_dir)["int8_openvino"]["guard"]
     assert guard["verdict"] == "FAIL"
     assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
+
+
+def test_tensorrt_engine_gating_and_naming() -> None:
+    from export.tensorrt_engine import build_engine, engine_filename, profile_shapes, unavailable_reason
+
+    assert engine_filename("NVIDIA H100 80GB HBM3") == "model.nvidia-h100-80gb-hbm3.engine"
+    c = PreprocessContract(input_size=(28, 32), resize_size=32)
+    assert profile_shapes(c, 8, 64) == ((1, 3, 28, 32), (8, 3, 28, 32), (64, 3, 28, 32))
+    with pytest.raises(ToolkitError, match="opt"):
+        profile_shapes(c, 0, 4)
+    reason = unavailable_reason()
+    if reason is not None:  # this machine: no TensorRT or no GPU
+        with pytest.raises(ToolkitError, match="cannot build a TensorRT engine here"):
+            build_engine(Path("m.onnx"), Path("."), c, Path("cache"))

@@ -19,6 +19,7 @@ from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.hashing import sha256_file
+from runtime.preprocess import PreprocessContract
 from runtime.split import stratified_split
 from toolkit.datacheck import check_dataset
 from toolkit.evaluation import load_run_student
@@ -136,6 +137,8 @@ def run_export(
             )
             if not report.passed:
                 failed.append(INT8_FILES[target])
+            if target == "tensorrt":
+                section["int8_tensorrt"]["engine"] = _tensorrt_engine(out, run_dir, contract, console)
     exports = read_manifest(run_dir).get("exports", {})
     exports.update(section)
     update_manifest(run_dir, exports=exports)
@@ -145,6 +148,17 @@ def run_export(
             "raise --tolerance, --max-float-layers or --calib-size, or pass --allow-fail to keep it anyway"
         )
     return section
+
+
+def _tensorrt_engine(qdq: Path, run_dir: Path, contract: PreprocessContract, console: Console) -> dict[str, Any]:
+    """Build the engine where TensorRT and a GPU exist; otherwise record why not."""
+    from export.tensorrt_engine import build_engine, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        console.print(f"TensorRT engine not built: {reason}; {qdq.name} is the engine's input on the device")
+        return {"built": False, "reason": reason}
+    return {"built": True, **build_engine(qdq, run_dir, contract, run_dir / "tensorrt.timing-cache")}
 
 
 def _stamp_verdict(path: Path, verdict: str) -> None:

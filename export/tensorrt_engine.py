@@ -1,0 +1,90 @@
+"""TensorRT engine from the explicit-quantization (QDQ) ONNX model, with a persistent timing cache.
+
+Runs only where the ``tensorrt`` package and an NVIDIA GPU exist; elsewhere ``unavailable_reason`` says
+why and the QDQ model stays the deliverable (build it on the device, e.g. trtexec --onnx=...).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from runtime.atomic import write_bytes
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+
+
+def unavailable_reason() -> str | None:
+    """None when an engine can be built here, else a sentence saying what is missing."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt package is not installed (pip install 'edge-distill-toolkit[tensorrt]')"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    return None
+
+
+def engine_filename(gpu_name: str) -> str:
+    """model.<gpu>.engine: an engine only runs on the GPU model (and TensorRT version) it was built for."""
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    return f"model.{slug}.engine"
+
+
+def profile_shapes(contract: PreprocessContract, opt_batch: int, max_batch: int) -> tuple[tuple, tuple, tuple]:
+    if not 1 <= opt_batch <= max_batch:
+        raise ToolkitError(f"engine batch sizes: need 1 <= opt ({opt_batch}) <= max ({max_batch})")
+    h, w = contract.input_size
+    return (1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w)
+
+
+def build_engine(
+    qdq_onnx: Path,
+    out_dir: Path,
+    contract: PreprocessContract,
+    timing_cache: Path,
+    opt_batch: int = 8,
+    max_batch: int = 64,
+    workspace_bytes: int = 1 << 30,
+) -> dict[str, Any]:
+    """Parse the QDQ model, build an INT8 (+FP16 fallback) engine, save it and the timing cache."""
+    reason = unavailable_reason()
+    if reason:
+        raise ToolkitError(f"cannot build a TensorRT engine here: {reason}")
+    import tensorrt as trt
+    import torch
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(qdq_onnx.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ToolkitError(f"{qdq_onnx}: TensorRT's ONNX parser rejected it: {errors}")
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, *profile_shapes(contract, opt_batch, max_batch))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ToolkitError(f"{qdq_onnx}: TensorRT failed to build an engine (see its log above)")
+    gpu = torch.cuda.get_device_name()
+    engine = out_dir / engine_filename(gpu)
+    write_bytes(engine, bytes(serialized))
+    write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return {
+        "file": engine.name,
+        "tensorrt": trt.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": gpu,
+        "batch": {"min": 1, "opt": opt_batch, "max": max_batch},
+        "timing_cache": timing_cache.name,
+    }
