@@ -76,9 +76,8 @@ def activation_sensitivity(fp32_path: Path, int8_path: Path, batches: list[np.nd
     return sorted(ranked, key=lambda item: item[1])
 
 
-def consumers(int8_path: Path, tensor: str) -> list[str]:
-    """Non-QDQ nodes that read ``tensor`` (through its Dequantize output) in the quantized graph."""
-    graph = onnx.load(str(int8_path)).graph
+def consumers(graph: onnx.GraphProto, tensor: str) -> list[str]:
+    """Non-QDQ nodes that read ``tensor`` (through its Dequantize output) in a quantized graph."""
     dq_name = tensor + "_DequantizeLinear_Output"  # ONNX Runtime's naming (plus "_<n>" for dedicated pairs)
     dq_outputs = {
         o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output if o.split(dq_name)[0] == ""
@@ -93,23 +92,25 @@ def guarded_quantize(
     target: str,
     batches: list[np.ndarray],
     held_out: Dataset,
+    fp32_top1: float,
     method: str = "minmax",
     tolerance_points: float = 0.5,
     max_float_layers: int = 16,
 ) -> GuardReport:
     """Quantize; while top-1 drops more than ``tolerance_points``, keep 1, 2, 4, ... worst layers in float."""
-    report = GuardReport(tolerance_points, top1(OnnxClassifier(fp32_path), held_out))
+    report = GuardReport(tolerance_points, fp32_top1)
     quantize(fp32_path, out_path, target, batches, method)
     report.int8_top1 = top1(OnnxClassifier(out_path), held_out)
     report.attempts.append({"kept_in_float": [], "int8_top1": report.int8_top1})
     if report.passed:
         return report
     ranking = activation_sensitivity(fp32_path, out_path, batches[:2])
+    fully_quantized = onnx.load(str(out_path)).graph
     k = 1
     while not report.passed and k <= min(max_float_layers, len(ranking)):
         excluded: list[str] = []
         for tensor, _ in ranking[:k]:
-            excluded += [n for n in consumers(out_path, tensor) if n not in excluded]
+            excluded += [n for n in consumers(fully_quantized, tensor) if n not in excluded]
         quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=excluded)
         report.int8_top1 = top1(OnnxClassifier(out_path), held_out)
         report.kept_in_float = excluded

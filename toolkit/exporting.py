@@ -87,13 +87,15 @@ def run_export(
     console.print(f"model.onnx (opset {OPSET}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
     section: dict[str, Any] = {"onnx": {**_file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
 
+    fp32_held_out = fp32.predict(held_out)  # reused by every target's guard
+    fp32_top1 = float((fp32_held_out.argmax(1) == held_out.labels).mean())
     ov_fp32 = None
     if "openvino" in targets:
         from export.openvino_export import onnx_to_openvino
 
         ov_fp32 = onnx_to_openvino(onnx_path, run_dir / OPENVINO_FP32, contract)
         ov_agreement = compare_logits(
-            fp32.predict(held_out), OpenVinoClassifier(run_dir / OPENVINO_FP32).predict(held_out), 1e-3, 0.99
+            fp32_held_out, OpenVinoClassifier(run_dir / OPENVINO_FP32).predict(held_out), 1e-3, 0.99
         )
         section["openvino"] = {**_file_entry(run_dir / OPENVINO_FP32), "parity_vs_onnx": ov_agreement.to_dict()}
         console.print(f"{OPENVINO_FP32}: parity vs ONNX Runtime: {ov_agreement.describe()}")
@@ -112,11 +114,18 @@ def run_export(
             if target == "openvino":
                 from export.openvino_export import quantize_openvino
 
-                fp32_top1 = float((fp32.predict(held_out).argmax(1) == held_out.labels).mean())
                 report = quantize_openvino(ov_fp32, out, batches, held_out, fp32_top1, tolerance_points)
             else:
                 report = guarded_quantize(
-                    onnx_path, out, target, batches, held_out, calib_method, tolerance_points, max_float_layers
+                    onnx_path,
+                    out,
+                    target,
+                    batches,
+                    held_out,
+                    fp32_top1,
+                    calib_method,
+                    tolerance_points,
+                    max_float_layers,
                 )
             verdict = report.to_dict()
             if target != "openvino":
