@@ -22,7 +22,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 
 from export.calibration import BatchReader
 from export.quantize import quantize
-from runtime.classifier import OnnxClassifier
+from runtime.classifier import Classifier, OnnxClassifier
 from runtime.datasets import Dataset
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
@@ -56,7 +56,7 @@ class GuardReport:
         }
 
 
-def top1(model: OnnxClassifier, dataset: Dataset) -> float:
+def top1(model: Classifier, dataset: Dataset) -> float:
     return float((model.predict(dataset).argmax(1) == dataset.labels).mean())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from export.guard import GuardReport, top1
-from runtime.classifier import OV_PREPROCESS, OpenVinoClassifier
+from runtime.classifier import OV_PREPROCESS, OpenVinoClassifier, contract_batches
 from runtime.datasets import Dataset
 from runtime.preprocess import PreprocessContract
 
@@ -66,7 +66,10 @@ def quantize_openvino(
     if report.passed:
         return report
 
-    held_out_batches = nncf.Dataset(list(_labelled_batches(held_out, fp32_model)))
+    contract = PreprocessContract.from_json(fp32_model.get_rt_info(OV_PREPROCESS).astype(str))
+    batch = 64
+    labels = [held_out.labels[i : i + batch] for i in range(0, len(held_out), batch)]
+    held_out_batches = nncf.Dataset(list(zip(contract_batches(held_out, contract, batch), labels)))
 
     def validate(compiled, items) -> float:
         correct = total = 0
@@ -99,10 +102,3 @@ def quantized_ops(model) -> set[str]:
         for op in model.get_ordered_ops()
         if op.get_type_name() in compute and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
     }
-
-
-def _labelled_batches(dataset: Dataset, fp32_model, batch_size: int = 64):
-    contract = PreprocessContract.from_json(fp32_model.get_rt_info(OV_PREPROCESS).astype(str))
-    for start in range(0, len(dataset), batch_size):
-        idx = range(start, min(start + batch_size, len(dataset)))
-        yield contract.batch([dataset.image(i) for i in idx]), dataset.labels[list(idx)]
