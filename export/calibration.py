@@ -12,12 +12,13 @@ from runtime.preprocess import PreprocessContract
 
 
 def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """About ``size`` indices, the same number from every class (fewer where a class is smaller)."""
+    """ceil(size / classes) indices from every class (fewer where a class is smaller)."""
     classes = np.unique(labels)
     per_class = max(1, int(np.ceil(size / len(classes))))
     rng = np.random.default_rng([seed, 7])
     picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
-    return np.sort(np.concatenate(picked))[: max(size, len(classes))]
+    # Rounded up to a whole number per class: trimming the sorted indices would drop the last classes.
+    return np.sort(np.concatenate(picked))
 
 
 def calibration_batches(

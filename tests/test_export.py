@@ -153,6 +153,9 @@ def test_calibration_sample_and_validation(tmp_path: Path) -> None:
     labels = np.repeat(np.arange(3), [50, 30, 4])
     idx = stratified_sample(labels, 30, seed=0)
     assert np.bincount(labels[idx]).tolist() == [10, 10, 4]
+    # Regression: 512 from 10 classes used to trim the sorted indices, leaving the last class 8 short.
+    even = np.repeat(np.arange(10), 100)
+    assert set(np.bincount(even[stratified_sample(even, 512, seed=0)]).tolist()) == {52}
     c = PreprocessContract(input_size=8, resize_size=8)
     with pytest.raises(DataError, match="NaN or inf"):
         validate_batches([np.full((2, 3, 8, 8), np.nan, np.float32)], c)
