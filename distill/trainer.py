@@ -143,7 +143,7 @@ def fit(
     console: Console | None = None,
 ) -> FitResult:
     """Train ``model`` with cross-entropy; checkpoint every epoch into ``run_dir/checkpoints``."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or Console(stderr=True, soft_wrap=True, markup=False)
     log = console.print if ctx.is_main else (lambda *a, **k: None)
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)

@@ -46,3 +46,24 @@ def test_recipe_command_prints_resolved_config(tmp_path) -> None:
     res = runner.invoke(app, ["recipe", str(recipe), "--set", "train.epochs=9"])
     assert res.exit_code == 0, res.output
     assert "epochs: 9" in res.output and "resize_size: 16" in res.output
+
+
+def test_error_messages_with_brackets_print_intact(tmp_path) -> None:
+    """Regression: rich markup swallowed bracketed text such as '[tensorrt]' or a run called 'x[demo]'."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run = tmp_path / "run[demo]"
+    run.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "toolkit", "eval", str(run), "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert res.returncode == 2
+    assert f"error: {run}/student.safetensors: missing" in res.stderr

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from runtime.errors import ToolkitError
 
@@ -21,8 +22,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True, markup=False)
+out = Console(markup=False)
 
 SetOption = Annotated[
     list[str] | None,
@@ -179,7 +180,7 @@ def recipe(
     """Validate a recipe and print it resolved (defaults filled, overrides applied)."""
     from toolkit.recipe import load_recipe, recipe_to_yaml
 
-    out.print(recipe_to_yaml(load_recipe(path, set_)), end="", markup=False, highlight=False)
+    out.print(recipe_to_yaml(load_recipe(path, set_)), end="", highlight=False)
 
 
 @app.command()
@@ -216,7 +217,7 @@ def main() -> None:
     try:
         app()
     except ToolkitError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

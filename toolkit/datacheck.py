@@ -19,7 +19,9 @@ def check_dataset(dataset: Dataset, policy: str, console: Console, show: bool = 
         clean, report = check_images(dataset, policy, on_item=lambda: progress.advance(task))
     if report["skipped"] and show:
         console.print(
-            f"[yellow]skipped {report['skipped']} unusable image(s) of {report['checked']} in {dataset.name}"
-            "[/yellow] (listed in manifest.json)"
+            f"skipped {report['skipped']} unusable image(s) of {report['checked']} in {dataset.name} "
+            "(listed in manifest.json)",
+            style="yellow",
+            markup=False,
         )
     return clean, report

@@ -67,7 +67,7 @@ def run_export(
     allow_fail: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or Console(stderr=True, soft_wrap=True, markup=False)
     for t in targets:
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))

@@ -53,7 +53,7 @@ def run_train(
     recipe: Recipe, run_dir: Path, resume: bool = False, force: bool = False, console: Console | None = None
 ) -> dict[str, Any]:
     """Train the recipe's student with cross-entropy (the papers' "w/o KD" baseline) into ``run_dir``."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    console = console or Console(stderr=True, soft_wrap=True, markup=False)
     ctx = init_distributed(recipe.train.device)
     try:
         return _train(recipe, run_dir, resume, force, console, ctx)
