@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import write_bytes
+from runtime.atomic import write_bytes, write_json
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 
@@ -79,6 +79,8 @@ def build_engine(
     gpu = torch.cuda.get_device_name()
     engine = out_dir / engine_filename(gpu)
     write_bytes(engine, bytes(serialized))
+    # Engines hold no metadata: the runtime reads the contract and class names from this sidecar.
+    write_json(engine.with_name(engine.name + ".json"), {"preprocess": contract.to_dict()})
     write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return {
         "file": engine.name,

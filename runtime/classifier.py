@@ -1,7 +1,9 @@
-"""Exported classifiers that carry their preprocessing contract: ONNX (ONNX Runtime) and OpenVINO IR.
+"""Inference sessions that carry their preprocessing contract: ONNX Runtime, OpenVINO IR, TensorRT engines.
 
 No torch: this is what runs on the device. ``toolkit export`` writes the metadata read here (ONNX
-metadata_props; OpenVINO rt_info under toolkit/preprocess). Engines are imported when first used.
+metadata_props; OpenVINO rt_info under toolkit/preprocess; a TensorRT engine's ``<engine>.json`` sidecar,
+since engines hold no metadata). Engines are imported when first used. A raw image goes in through
+``classify`` and a label comes out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
@@ -46,23 +49,48 @@ class Classifier(ABC):
         """Logits for every item of ``dataset`` through this model's own preprocessing."""
         return np.concatenate([self.run(b) for b in contract_batches(dataset, self.contract, batch_size)])
 
+    def classify(self, images: list[Image.Image]) -> list[tuple[str, float]]:
+        """Raw PIL images -> (label, softmax score) each, through the model's own preprocessing."""
+        logits = self.run(self.contract.batch(images)).astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        return [(self.contract.class_names[i], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
+
+    def input_spec(self) -> dict[str, object]:
+        """What ``run`` accepts: name-free shape (batch dimension dynamic) and dtype."""
+        h, w = self.contract.input_size
+        return {"shape": ["N", 3, h, w], "dtype": "float32"}
+
 
 class OnnxClassifier(Classifier):
     """An ONNX model run with ONNX Runtime (CPU execution provider unless told otherwise)."""
 
-    def __init__(self, path: str | os.PathLike[str], providers: list[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        provider_options: dict[str, object] | None = None,
+    ):
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise ToolkitError(f"{self.path}: ONNX model not found")
+        providers = providers or ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise ToolkitError(
+                f"{self.path}: execution provider {', '.join(missing)} is not available in this onnxruntime "
+                f"(it has {', '.join(ort.get_available_providers())}); install the matching onnxruntime build"
+            )
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        opts = [dict(provider_options or {}) if p == providers[0] else {} for p in providers]
         try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers, provider_options=opts)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for corrupt files
             raise ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -97,6 +125,83 @@ class OpenVinoClassifier(Classifier):
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.compiled(batch)[0]
+
+
+class TensorRTClassifier(Classifier):
+    """A serialized TensorRT engine (built on this GPU model) run through cuda-python, without torch."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        sidecar = self.path.with_name(self.path.name + ".json")
+        for f in (self.path, sidecar):
+            if not f.is_file():
+                raise ToolkitError(f"{f}: not found (`toolkit export --int8 --backend tensorrt` writes both)")
+        try:
+            import tensorrt as trt
+            from cuda.bindings import runtime as cudart
+        except ImportError as exc:
+            raise ToolkitError(f"{self.path}: running an engine needs tensorrt and cuda-python ({exc})") from exc
+        self.contract = PreprocessContract.from_dict(json.loads(sidecar.read_text())["preprocess"])
+        self._cudart = cudart
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise ToolkitError(f"{self.path}: TensorRT cannot deserialize it (built by another TensorRT or GPU?)")
+        self.engine = engine
+        self.context = engine.create_execution_context()
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        self.output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.stream = self._check(cudart.cudaStreamCreate())
+        self._buffers: dict[tuple[int, ...], tuple[int, int, np.ndarray]] = {}
+
+    def _check(self, result: tuple) -> object:
+        err, *value = result
+        if int(err) != 0:
+            raise ToolkitError(f"{self.path}: CUDA error {err}")
+        return value[0] if value else None
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        cudart = self._cudart
+        batch = np.ascontiguousarray(batch)
+        self.context.set_input_shape(self.input_name, batch.shape)
+        if batch.shape not in self._buffers:
+            out = np.empty(tuple(self.context.get_tensor_shape(self.output_name)), np.float32)
+            d_in = self._check(cudart.cudaMalloc(batch.nbytes))
+            d_out = self._check(cudart.cudaMalloc(out.nbytes))
+            self._buffers[batch.shape] = (d_in, d_out, out)
+        d_in, d_out, out = self._buffers[batch.shape]
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(cudart.cudaMemcpyAsync(d_in, batch.ctypes.data, batch.nbytes, h2d, self.stream))
+        self.context.set_tensor_address(self.input_name, int(d_in))
+        self.context.set_tensor_address(self.output_name, int(d_out))
+        if not self.context.execute_async_v3(self.stream):
+            raise ToolkitError(f"{self.path}: TensorRT execution failed")
+        self._check(cudart.cudaMemcpyAsync(out.ctypes.data, d_out, out.nbytes, d2h, self.stream))
+        self._check(cudart.cudaStreamSynchronize(self.stream))
+        return out.copy()
+
+    def __del__(self) -> None:
+        for d_in, d_out, _ in getattr(self, "_buffers", {}).values():
+            self._cudart.cudaFree(d_in)
+            self._cudart.cudaFree(d_out)
+
+
+def open_classifier(
+    path: str | os.PathLike[str],
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    provider_options: dict[str, object] | None = None,
+    device: str = "CPU",
+) -> Classifier:
+    """The right session for a model file, by its kind: .onnx, OpenVINO .xml, or a TensorRT .engine."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return OnnxClassifier(path, providers, threads, provider_options)
+    if path.suffix == ".xml":
+        return OpenVinoClassifier(path, device, threads)
+    if path.suffix in (".engine", ".plan"):
+        return TensorRTClassifier(path)
+    raise ToolkitError(f"{path}: unknown model kind; expected .onnx, OpenVINO .xml or TensorRT .engine")
 
 
 def contract_batches(dataset: Dataset, contract: PreprocessContract, batch_size: int) -> Iterator[np.ndarray]:

@@ -87,19 +87,33 @@ def eval_(
         str, typer.Option(help="error: stop naming the file; skip: leave it out and count it.")
     ] = "error",
     max_pixels: Annotated[int, typer.Option(help="Reject images larger than this many pixels.")] = 64_000_000,
+    artifact: Annotated[
+        list[str],
+        typer.Option(
+            help="student (the PyTorch model), an exported artifact of the run (onnx, int8_onnxruntime, "
+            "int8_tensorrt, openvino, int8_openvino), or all. Repeatable."
+        ),
+    ] = ["student"],  # noqa: B006 - typer reads list defaults
 ) -> None:
-    """Top-1, per-class accuracy and confusion matrix of a run's student, written to RUN/eval/<data>/."""
+    """Top-1, per-class accuracy, confusion matrix and logits of a run's student or exported artifacts,
+    each through its own preprocessing, written to RUN/eval/<data>/ (artifacts under artifacts/<name>/)."""
+    from runtime.artifacts import find_artifact, run_artifacts
     from runtime.sources import align_classes, parse_data_arg
     from toolkit.datacheck import check_dataset
-    from toolkit.evaluation import evaluate_student, format_report, load_run_student
+    from toolkit.evaluation import evaluate_artifact, evaluate_student, format_report, load_run_student
 
     model, contract, _ = load_run_student(run)
+    keys = ["student", *(a.key for a in run_artifacts(run))] if "all" in artifact else list(dict.fromkeys(artifact))
+    chosen = [None if k == "student" else find_artifact(run, k) for k in keys]
     dataset = align_classes(
         parse_data_arg(data, max_pixels).open(list(contract.class_names)), list(contract.class_names)
     )
     dataset, _ = check_dataset(dataset, on_bad_image, console)
-    report = evaluate_student(model, dataset, contract, run, batch_size)
-    out.print(format_report(report))
+    for a in chosen:
+        if a is None:
+            out.print(format_report(evaluate_student(model, dataset, contract, run, batch_size)))
+        else:
+            out.print(format_report(evaluate_artifact(a, dataset, run, batch_size), a.label).split("\n")[0])
 
 
 @app.command("export")
@@ -154,6 +168,53 @@ def export_(
         allow_fail=allow_fail,
         console=console,
     )
+
+
+TargetsFile = Annotated[
+    Path | None, typer.Option("--targets-file", help="YAML of extra or overriding target profiles (same shape).")
+]
+
+
+@app.command()
+def targets(targets_file: TargetsFile = None) -> None:
+    """List edge target profiles and whether this machine can run each (and why not)."""
+    from runtime.targets import load_targets
+
+    table = Table()
+    for col in ("name", "backend", "precisions", "threads", "batch sizes", "available here"):
+        table.add_column(col, no_wrap=col == "name")
+    for t in load_targets(targets_file).values():
+        reason = t.unavailable_reason()
+        engine = t.backend + (f" ({t.provider or t.device})" if t.provider or t.device else "")
+        table.add_row(
+            t.name,
+            engine,
+            ",".join(t.precisions),
+            str(t.threads or "all"),
+            ",".join(map(str, t.batch_sizes)),
+            "yes" if reason is None else f"no: {reason}",
+        )
+    out.print(table)
+
+
+@app.command()
+def bench(
+    path: Annotated[Path, typer.Argument(help="A run directory (every exported artifact) or one model file.")],
+    target: Annotated[
+        list[str], typer.Option("--target", "-t", help="Target profile (see `toolkit targets`). Repeatable.")
+    ] = ["ort-cpu-1t"],  # noqa: B006 - typer reads list defaults
+    min_duration: Annotated[float, typer.Option(help="Seconds each scenario runs at least (MLPerf: 600).")] = 5.0,
+    min_queries: Annotated[int, typer.Option(help="Queries each scenario runs at least.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed queries before each scenario.")] = 10,
+    max_duration: Annotated[float, typer.Option(help="Cap per scenario, for very slow models.")] = 120.0,
+    targets_file: TargetsFile = None,
+) -> None:
+    """SingleStream latency (p50/p90/p95/p99) and Offline throughput per artifact and target -> RUN/bench/."""
+    from runtime.latency import RunLimits
+    from toolkit.benching import run_bench
+
+    limits = RunLimits(warmup, min_duration, min_queries, max_duration)
+    run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file)
 
 
 @app.command()

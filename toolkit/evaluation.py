@@ -1,4 +1,5 @@
-"""`toolkit eval`: a run's student on any dataset -> top-1, per-class accuracy, confusion matrix."""
+"""`toolkit eval`: a run's student or any exported artifact on a dataset -> top-1, per-class accuracy,
+confusion matrix, and the logits (which the report's fidelity ladder compares stage by stage)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
@@ -16,7 +18,9 @@ from torch import nn
 from distill.evaluate import predict_logits
 from distill.students import create_student
 from distill.weights import load_state_dict
-from runtime.atomic import write_json, write_text
+from runtime.artifacts import Artifact
+from runtime.atomic import atomic_path, write_json, write_text
+from runtime.classifier import open_classifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.metrics import classification_report
@@ -66,19 +70,54 @@ def evaluate_student(
 ) -> dict[str, Any]:
     """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest."""
     logits = predict_logits(model, dataset, contract, batch_size, device)
-    report = classification_report(dataset.labels, logits.argmax(1), list(contract.class_names))
-    report["dataset"] = {"name": dataset.name, "fingerprint": dataset.fingerprint()}
-    out = run_dir / "eval" / _slug(dataset.name)
-    write_json(out / "metrics.json", report)
-    write_text(out / "confusion.csv", confusion_csv(report))
+    report = _write_eval(logits, dataset, contract, run_dir / "eval" / _slug(dataset.name))
     evaluations = read_manifest(run_dir).get("evaluations", {})
-    evaluations[dataset.name] = {"top1": report["top1"], "n": report["n"], **report["dataset"]}
+    entry = evaluations.get(dataset.name, {})
+    entry.update({"top1": report["top1"], "n": report["n"], **report["dataset"]})
+    evaluations[dataset.name] = entry
     update_manifest(run_dir, evaluations=evaluations)
     return report
 
 
-def format_report(report: dict[str, Any]) -> str:
-    lines = [f"top-1 {report['top1']:.4f} on {report['n']} images of {report['dataset']['name']}"]
+def _write_eval(logits: np.ndarray, dataset: Dataset, contract: PreprocessContract, out: Path) -> dict[str, Any]:
+    report = classification_report(dataset.labels, logits.argmax(1), list(contract.class_names))
+    report["dataset"] = {"name": dataset.name, "fingerprint": dataset.fingerprint()}
+    write_json(out / "metrics.json", report)
+    write_text(out / "confusion.csv", confusion_csv(report))
+    with atomic_path(out / "logits.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, logits.astype(np.float32))
+    return report
+
+
+def evaluate_artifact(
+    artifact: Artifact, dataset: Dataset, run_dir: Path, batch_size: int = 64, threads: int | None = None
+) -> dict[str, Any]:
+    """An exported model through its own runtime and preprocessing; agreement with the PyTorch student's
+    predictions on the same images where `toolkit eval` has produced them."""
+    session = open_classifier(artifact.path, threads=threads)
+    logits = session.predict(dataset, batch_size)
+    out = run_dir / "eval" / _slug(dataset.name)
+    report = _write_eval(logits, dataset, session.contract, out / "artifacts" / artifact.key)
+    student = out / "logits.npy"
+    if student.is_file():
+        reference = np.load(student, allow_pickle=False)
+        if reference.shape == logits.shape:
+            report["agreement_with_student"] = float((reference.argmax(1) == logits.argmax(1)).mean())
+            write_json(out / "artifacts" / artifact.key / "metrics.json", report)
+    evaluations = read_manifest(run_dir).get("evaluations", {})
+    entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
+    entry.setdefault("artifacts", {})[artifact.key] = {
+        "top1": report["top1"],
+        "agreement_with_student": report.get("agreement_with_student"),
+    }
+    update_manifest(run_dir, evaluations=evaluations)
+    return report
+
+
+def format_report(report: dict[str, Any], what: str = "student (PyTorch)") -> str:
+    lines = [f"{what}: top-1 {report['top1']:.4f} on {report['n']} images of {report['dataset']['name']}"]
+    if report.get("agreement_with_student") is not None:
+        lines[0] += f", top-1 agreement with the PyTorch student {report['agreement_with_student']:.4f}"
     for name, acc in report["per_class"].items():
         lines.append(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}  (n={report['support'][name]})")
     return "\n".join(lines)

@@ -1,0 +1,81 @@
+"""The exported models of a run directory, read from its manifest: which file, engine and precision.
+
+``toolkit export`` records every artifact under ``exports`` in manifest.json; bench, eval and the report
+find them here instead of guessing file names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ToolkitError
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One exported model: ``key`` is its manifest entry, ``backend`` the engine that runs it."""
+
+    key: str
+    label: str
+    backend: str
+    precision: str
+    path: Path
+    bytes: int | None = None
+
+
+# manifest key -> (label in tables, backend, precision); order is the fidelity ladder's.
+KNOWN = {
+    "onnx": ("ONNX Runtime FP32", "onnxruntime", "fp32"),
+    "int8_onnxruntime": ("ONNX Runtime INT8 U8S8", "onnxruntime", "int8"),
+    "int8_tensorrt": ("TensorRT-form INT8 S8S8 (in ONNX Runtime)", "onnxruntime", "int8"),
+    "openvino": ("OpenVINO FP32", "openvino", "fp32"),
+    "int8_openvino": ("OpenVINO INT8 (NNCF)", "openvino", "int8"),
+}
+# The FP32 artifact each INT8 artifact is judged against in the ladder.
+REFERENCE = {"int8_onnxruntime": "onnx", "int8_tensorrt": "onnx", "openvino": "onnx", "int8_openvino": "openvino"}
+
+
+def read_run_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        raise ToolkitError(f"{path}: not found; is {run_dir} a run directory?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ToolkitError(f"{path}: corrupt manifest ({exc})") from exc
+
+
+def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list[Artifact]:
+    """Every exported model of the run that exists on disk, in ladder order, plus built TensorRT engines."""
+    exports = (manifest if manifest is not None else read_run_manifest(run_dir)).get("exports", {})
+    found = []
+    for key, (label, backend, precision) in KNOWN.items():
+        entry = exports.get(key)
+        if entry and (run_dir / entry["file"]).is_file():
+            found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
+    engine = exports.get("int8_tensorrt", {}).get("engine", {})
+    if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
+        path = run_dir / engine["file"]
+        found.append(Artifact("trt_engine_int8", "TensorRT engine INT8", "tensorrt", "int8", path, path.stat().st_size))
+    return found
+
+
+def artifacts_for(run_dir: Path, backend: str, precisions: tuple[str, ...]) -> list[Artifact]:
+    """The run's artifacts a target runs: same backend, one of its precisions (the TensorRT-form QDQ model
+    is TensorRT's input, so ONNX Runtime targets measure the U8S8 model instead)."""
+    return [
+        a
+        for a in run_artifacts(run_dir)
+        if a.backend == backend and a.precision in precisions and a.key != "int8_tensorrt"
+    ]
+
+
+def find_artifact(run_dir: Path, key: str) -> Artifact:
+    artifacts = {a.key: a for a in run_artifacts(run_dir)}
+    if key not in artifacts:
+        have = ", ".join(artifacts) or "none (run `toolkit export RUN --int8 --backend all`)"
+        raise ToolkitError(f"{run_dir}: no exported artifact '{key}'; this run has: {have}")
+    return artifacts[key]

@@ -1,0 +1,139 @@
+"""Edge target profiles as data: which engine, execution provider, precisions, threads and batch sizes.
+
+The packaged profiles live in targets.yaml; users add or override profiles with a YAML file of the same
+shape. Every field is validated when the file is read, so a typo fails before any measurement starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runtime.errors import ToolkitError, did_you_mean
+
+BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+FIELDS = ("description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes")
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    """One way of running a model; ``available()`` says whether this machine can."""
+
+    name: str
+    backend: str
+    precisions: tuple[str, ...]
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    provider: str | None = None
+    provider_options: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    description: str = ""
+
+    def unavailable_reason(self) -> str | None:
+        """None when this machine can run the profile, else why not (missing package, provider or device)."""
+        if self.backend == "onnxruntime":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                return "onnxruntime is not installed (pip install onnxruntime)"
+            have = ort.get_available_providers()
+            if self.provider not in have:
+                return f"execution provider {self.provider} is missing (this onnxruntime has {', '.join(have)})"
+        elif self.backend == "openvino":
+            try:
+                import openvino as ov
+            except ImportError:
+                return "openvino is not installed (pip install openvino)"
+            devices = ov.Core().available_devices
+            if self.device not in devices:
+                return f"OpenVINO device {self.device} is missing (available: {', '.join(devices) or 'none'})"
+        else:
+            try:
+                import tensorrt  # noqa: F401
+            except ImportError:
+                return "the tensorrt package is not installed (it ships with JetPack / pip install tensorrt)"
+            try:
+                from cuda.bindings import runtime as cudart
+            except ImportError:
+                return "cuda-python is not installed (pip install cuda-python)"
+            err, count = cudart.cudaGetDeviceCount()
+            if int(err) != 0 or count == 0:
+                return "no CUDA GPU is visible"
+        if self.threads and hasattr(os, "sched_getaffinity") and self.threads > len(os.sched_getaffinity(0)):
+            return f"needs {self.threads} CPU threads, {len(os.sched_getaffinity(0))} usable here"
+        return None
+
+
+def _parse(name: str, raw: Any, source: str) -> TargetProfile:
+    where = f"{source}: target '{name}'"
+    if not isinstance(raw, dict):
+        raise ToolkitError(f"{where}: expected a mapping of {', '.join(FIELDS)}")
+    for key in raw:
+        if key not in FIELDS:
+            raise ToolkitError(f"{where}: unknown key '{key}'.{did_you_mean(key, FIELDS)}")
+    backend = raw.get("backend")
+    if backend not in BACKENDS:
+        raise ToolkitError(f"{where}: backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    precisions = raw.get("precisions") or []
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if not precisions or bad:
+        raise ToolkitError(f"{where}: precisions must be a non-empty list of {', '.join(PRECISIONS)}, got {precisions}")
+    batches = raw.get("batch_sizes", [1])
+    if not batches or not all(isinstance(b, int) and b >= 1 for b in batches):
+        raise ToolkitError(f"{where}: batch_sizes must be positive integers, got {batches}")
+    threads = raw.get("threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ToolkitError(f"{where}: threads must be a positive integer or null, got {threads!r}")
+    provider = raw.get("provider")
+    if backend == "onnxruntime" and not provider:
+        raise ToolkitError(f"{where}: an onnxruntime target needs provider (e.g. CPUExecutionProvider)")
+    device = raw.get("device")
+    if backend == "openvino" and not device:
+        raise ToolkitError(f"{where}: an openvino target needs device (e.g. CPU)")
+    options = raw.get("provider_options") or {}
+    if not isinstance(options, dict):
+        raise ToolkitError(f"{where}: provider_options must be a mapping")
+    return TargetProfile(
+        name=name,
+        backend=backend,
+        precisions=tuple(precisions),
+        batch_sizes=tuple(batches),
+        threads=threads,
+        provider=provider,
+        provider_options=dict(options),
+        device=device,
+        description=str(raw.get("description", "")),
+    )
+
+
+def _read(text: str, source: str) -> dict[str, TargetProfile]:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ToolkitError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ToolkitError(f"{source}: expected a mapping of target name -> profile")
+    return {str(name): _parse(str(name), raw, source) for name, raw in data.items()}
+
+
+def load_targets(extra: str | os.PathLike[str] | None = None) -> dict[str, TargetProfile]:
+    """Packaged profiles, then those of ``extra`` (a user YAML file) added or overriding by name."""
+    targets = _read(resources.files("runtime").joinpath("targets.yaml").read_text(), "runtime/targets.yaml")
+    if extra is not None:
+        path = Path(extra)
+        if not path.is_file():
+            raise ToolkitError(f"{path}: targets file not found")
+        targets.update(_read(path.read_text(), str(path)))
+    return targets
+
+
+def get_target(name: str, targets: dict[str, TargetProfile]) -> TargetProfile:
+    if name not in targets:
+        raise ToolkitError(f"unknown target '{name}'.{did_you_mean(name, targets)} Known: {', '.join(targets)}")
+    return targets[name]
