@@ -7,6 +7,7 @@ find them here instead of guessing file names.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ KNOWN = {
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {"int8_onnxruntime": "onnx", "int8_tensorrt": "onnx", "openvino": "onnx", "int8_openvino": "openvino"}
+
+
+def eval_slug(dataset_name: str) -> str:
+    """The folder name of a dataset's evaluation under RUN/eval/."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name).strip("_") or "data"
 
 
 def read_run_manifest(run_dir: Path) -> dict[str, Any]:

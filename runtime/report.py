@@ -1,0 +1,136 @@
+"""A run's report as data: fidelity ladder, latency per target, sizes, calibration and guard decisions,
+training curves. Built from the files a run directory holds (manifest, eval/ logits, bench/ JSON); numpy
+only, so a device can build it too. ``runtime.report_render`` turns it into Markdown, HTML and plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from runtime.artifacts import KNOWN, REFERENCE, eval_slug, read_run_manifest, run_artifacts
+from runtime.errors import ToolkitError
+
+TEACHER_MISSING = "no teacher outputs for this dataset in the run (cross-entropy-only run, or teacher not cached)"
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Top-1 agreement and mean KL(reference || candidate) in nats between two models' logits on the same images."""
+    if reference.shape != candidate.shape:
+        raise ToolkitError(f"cannot compare logits of shapes {reference.shape} and {candidate.shape}")
+    p, q = _softmax(reference), _softmax(candidate)
+    kl = np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)
+    return {"agreement": float((p.argmax(1) == q.argmax(1)).mean()), "kl": float(kl.mean())}
+
+
+def _pick_dataset(run_dir: Path, evaluations: dict[str, Any], dataset: str | None) -> str | None:
+    names = [n for n in evaluations if (run_dir / "eval" / eval_slug(n) / "logits.npy").is_file()]
+    if dataset is not None:
+        if dataset not in evaluations:
+            raise ToolkitError(f"{run_dir}: no evaluation on '{dataset}'; have: {', '.join(evaluations) or 'none'}")
+        return dataset
+    tests = [n for n in names if "test" in n]
+    return (tests or names or [None])[0]
+
+
+def fidelity_ladder(run_dir: Path, dataset: str) -> list[dict[str, Any]]:
+    """teacher -> PyTorch student -> ONNX FP32 -> each INT8 artifact: top-1, agreement and KL vs the stage before."""
+    base = run_dir / "eval" / eval_slug(dataset)
+    stages: list[dict[str, Any]] = []
+    teacher = base / "teacher" / "logits.npy"
+    stages.append({"stage": "teacher", "label": "Teacher", "available": teacher.is_file()})
+    if not teacher.is_file():
+        stages[-1]["reason"] = TEACHER_MISSING
+    logits: dict[str, np.ndarray] = {}
+    files = {"teacher": teacher, "student": base / "logits.npy"}
+    files.update({key: base / "artifacts" / key / "logits.npy" for key in KNOWN})
+    for key, path in files.items():
+        if not path.is_file():
+            continue
+        logits[key] = np.load(path, allow_pickle=False)
+        metrics = json.loads((path.parent / "metrics.json").read_text())
+        if key == "teacher":
+            stages[0].update(top1=metrics["top1"])
+            continue
+        label = "PyTorch student FP32" if key == "student" else KNOWN[key][0]
+        previous = "teacher" if key == "student" else REFERENCE.get(key, "student")
+        stage = {"stage": key, "label": label, "available": True, "top1": metrics["top1"]}
+        if previous in logits:
+            stage.update(versus=previous, **compare_logits(logits[previous], logits[key]))
+        stages.append(stage)
+    return stages
+
+
+def latency_table(run_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((run_dir / "bench").glob("*.json")):
+        result = json.loads(path.read_text())
+        for entry in result["artifacts"]:
+            ss = entry["single_stream"]
+            rows.append(
+                {
+                    "target": result["target"]["name"],
+                    "artifact": entry["artifact"],
+                    "label": entry["label"],
+                    **{
+                        k: ss[k]
+                        for k in ("count", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
+                    },
+                    "throughput": {str(o["batch_size"]): o["images_per_s"] for o in entry["offline"]},
+                    "samples_ms": ss.get("samples_ms", []),
+                }
+            )
+    return rows
+
+
+def _environments(run_dir: Path) -> dict[str, Any]:
+    return {p.stem: json.loads(p.read_text())["environment"] for p in sorted((run_dir / "bench").glob("*.json"))}
+
+
+def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, as JSON-ready data."""
+    manifest = read_run_manifest(run_dir)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    history = []
+    if (run_dir / "metrics.jsonl").is_file():
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    evaluations = manifest.get("evaluations", {})
+    chosen = _pick_dataset(run_dir, evaluations, dataset)
+    exports = manifest.get("exports", {})
+    guards = {
+        key: {"format": entry.get("format"), **entry["guard"]}
+        for key, entry in exports.items()
+        if isinstance(entry, dict) and "guard" in entry
+    }
+    engine = exports.get("int8_tensorrt", {}).get("engine")
+    return {
+        "run": {
+            "name": config.get("name", run_dir.name),
+            "directory": str(run_dir),
+            "student": (config.get("student") or {}).get("name"),
+            "method": config.get("method", "cross-entropy (no KD)"),
+            "input_size": (config.get("preprocess") or {}).get("input_size"),
+        },
+        "training": {"history": history, "final": final},
+        "dataset": chosen,
+        "ladder": fidelity_ladder(run_dir, chosen) if chosen else [],
+        "latency": latency_table(run_dir),
+        "sizes": [{"artifact": a.key, "label": a.label, "bytes": a.bytes} for a in run_artifacts(run_dir, manifest)],
+        "parity": exports.get("onnx", {}).get("parity"),
+        "calibration": exports.get("calibration"),
+        "guards": guards,
+        "tensorrt_engine": engine,
+        "environments": _environments(run_dir),
+        "code": {k: manifest.get("environment", {}).get(k) for k in ("git_commit", "git_dirty")},
+    }

@@ -1,0 +1,265 @@
+"""Render a run report (runtime.report's data) as report.json, report.md with PNG plots beside it,
+and a self-contained report.html (plots embedded), all written atomically.
+
+Plots need matplotlib (extra ``report``); without it the Markdown and JSON are still written and the
+report says the plots were skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from runtime.atomic import write_bytes, write_json, write_text
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def _top1_by_artifact(report: dict[str, Any]) -> dict[str, float]:
+    return {s["stage"]: s["top1"] for s in report["ladder"] if s.get("available") and "top1" in s}
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(title, Markdown body) pairs shared by the Markdown and the HTML renderings."""
+    run = report["run"]
+    out = [
+        (
+            "Run",
+            f"`{run['directory']}`: student **{run['student']}** at {run['input_size']}, method {run['method']}; "
+            f"evaluated on **{report['dataset'] or 'no dataset (run `toolkit eval RUN --artifact all`)'}**.",
+        )
+    ]
+    ladder_rows = []
+    labels = {s["stage"]: s["label"] for s in report["ladder"]}
+    for s in report["ladder"]:
+        if not s.get("available"):
+            ladder_rows.append([s["label"], "-", "-", "-", s.get("reason", "not available")])
+            continue
+        agreement = "-" if "agreement" not in s else _pct(s["agreement"])
+        kl = "-" if "kl" not in s else f"{s['kl']:.2e}"
+        ladder_rows.append([s["label"], _pct(s["top1"]), agreement, kl, labels.get(s.get("versus"), "-")])
+    out.append(
+        (
+            "Fidelity ladder",
+            "Top-1 (%), top-1 agreement (%) and mean KL (nats) with the stage it was made from.\n\n"
+            + _table(["stage", "top-1", "agreement", "KL", "compared with"], ladder_rows),
+        )
+    )
+    top1 = _top1_by_artifact(report)
+    lat_rows = [
+        [
+            r["target"],
+            r["label"],
+            _pct(top1.get(r["artifact"])),
+            f"{r['p50_ms']:.2f}",
+            f"{r['p90_ms']:.2f}",
+            f"{r['p99_ms']:.2f}",
+            ", ".join(f"b{b}: {v:.0f}" for b, v in r["throughput"].items()),
+        ]
+        for r in report["latency"]
+    ]
+    out.append(
+        (
+            "Latency per target",
+            "SingleStream (batch 1) latency in ms and Offline throughput in images/s (`toolkit bench`).\n\n"
+            + (
+                _table(["target", "artifact", "top-1", "p50", "p90", "p99", "throughput"], lat_rows)
+                if lat_rows
+                else "No measurements yet: run `toolkit bench RUN --target ort-cpu-1t`."
+            ),
+        )
+    )
+    out.append(("Model sizes", _table(["artifact", "MB"], [[s["label"], _mb(s["bytes"])] for s in report["sizes"]])))
+    body = []
+    if report["parity"]:
+        p = report["parity"]
+        body.append(
+            f"ONNX parity vs PyTorch on {p['n']} images: max |logit diff| {p['max_abs_diff']:.2e}, "
+            f"top-1 agreement {_pct(p['top1_agreement'])}%: {'passed' if p['passed'] else 'FAILED'}."
+        )
+    if report["calibration"]:
+        c = report["calibration"]
+        body.append(f"Calibration: {c['images']} images ({c['method']}) from the {c['source']}.")
+    guard_rows = [
+        [
+            key,
+            g["verdict"],
+            _pct(g["fp32_top1"]),
+            _pct(g["int8_top1"]),
+            f"{g['drop_points']:.2f}",
+            f"{g['tolerance_points']:.2f}",
+            ", ".join(g["kept_in_float"]) or "none",
+        ]
+        for key, g in report["guards"].items()
+    ]
+    if guard_rows:
+        body.append(
+            "Accuracy guard, on the held-out validation images (points of top-1):\n\n"
+            + _table(
+                ["artifact", "verdict", "FP32 top-1", "INT8 top-1", "drop", "tolerance", "kept in float"], guard_rows
+            )
+        )
+    engine = report.get("tensorrt_engine")
+    if engine:
+        body.append(
+            f"TensorRT engine: built on {engine.get('gpu')} (TensorRT {engine.get('tensorrt')})."
+            if engine.get("built", True)
+            else f"TensorRT engine: not built here: {engine.get('reason')}."
+        )
+    out.append(("Export decisions", "\n\n".join(body) or "Not exported yet: run `toolkit export RUN --int8`."))
+    hist = report["training"]["history"]
+    if hist:
+        rows = [
+            [
+                str(h["epoch"]),
+                f"{h.get('train_loss', float('nan')):.4f}",
+                _pct(h.get("val_top1")),
+                f"{h.get('lr', 0):.4g}",
+            ]
+            for h in hist
+        ]
+        out.append(("Training", _table(["epoch", "train loss", "val top-1", "lr"], rows)))
+    envs = report["environments"]
+    if envs:
+        env = next(iter(envs.values()))
+        cpu = env["cpu"]
+        versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        flags = ", ".join(cpu["flags"]) or "no listed ISA flags"
+        out.append(
+            (
+                "Environment",
+                f"{cpu['model']} ({cpu['usable_cores']} usable cores; {flags}), "
+                f"{env['memory_gb']} GB, {env['os']}; {versions}.",
+            )
+        )
+    return out
+
+
+def plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """PNG bytes by file name; empty when matplotlib is missing or there is nothing to plot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    figures: dict[str, bytes] = {}
+
+    def save(fig: Any, name: str) -> None:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        figures[name] = buf.getvalue()
+
+    top1 = _top1_by_artifact(report)
+    points = [r for r in report["latency"] if r["artifact"] in top1]
+    if points:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for r in points:
+            ax.scatter(r["p90_ms"], 100 * top1[r["artifact"]], s=40)
+            ax.annotate(f"{r['label']}\n[{r['target']}]", (r["p90_ms"], 100 * top1[r["artifact"]]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("p90 latency at batch 1 (ms, log scale)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title("Accuracy vs latency")
+        ax.grid(alpha=0.3)
+        save(fig, "accuracy_vs_latency.png")
+    dist = [r for r in report["latency"] if r["samples_ms"]]
+    if dist:
+        fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(dist)))
+        ax.boxplot([r["samples_ms"] for r in dist], vert=False, whis=(1, 99), showfliers=False)
+        ax.set_yticks(range(1, len(dist) + 1), [f"{r['label']} [{r['target']}]" for r in dist], fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("batch-1 latency (ms, log scale); whiskers p1-p99")
+        ax.set_title("Latency distribution")
+        save(fig, "latency_distribution.png")
+    hist = report["training"]["history"]
+    if hist:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        epochs = [h["epoch"] for h in hist]
+        ax.plot(epochs, [h.get("train_loss") for h in hist], "o-", label="train loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("train loss")
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [100 * h["val_top1"] for h in hist if "val_top1" in h], "s-", color="tab:orange",
+                 label="val top-1")  # fmt: skip
+        ax2.set_ylabel("val top-1 (%)")
+        ax.set_title("Training")
+        fig.legend(loc="center right", fontsize=8)
+        save(fig, "training_curves.png")
+    return figures
+
+
+def _md_to_html(text: str) -> str:
+    """The small Markdown subset ``sections`` emits (paragraphs, pipe tables, **bold**, `code`) -> HTML."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    parts = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        if lines and lines[0].startswith("|"):
+            head = [c.strip() for c in lines[0].strip("|").split("|")]
+            rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+            parts.append(
+                "<table><tr>"
+                + "".join(f"<th>{inline(h)}</th>" for h in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
+        else:
+            parts.append(f"<p>{inline(block)}</p>")
+    return "\n".join(parts)
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
+th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .2rem}img{max-width:100%;display:block;margin:1rem 0}"""
+
+
+def render(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write report.json, report.md (+ report_files/*.png) and report.html into ``out_dir``."""
+    secs = sections(report)
+    figures = plots(report)
+    title = f"Report: {report['run']['name']}"
+    skipped = "" if figures else "\n\n_Plots skipped: install matplotlib (extra `report`)._"
+    md = [f"# {title}", *(f"## {t}\n\n{b}" for t, b in secs)]
+    md += [f"![{n}](report_files/{n})" for n in figures]
+    for name, png in figures.items():
+        write_bytes(out_dir / "report_files" / name, png)
+    write_text(out_dir / "report.md", "\n\n".join(md) + skipped + "\n")
+    imgs = "".join(
+        f'<img alt="{n}" src="data:image/png;base64,{base64.b64encode(png).decode()}">' for n, png in figures.items()
+    )
+    body = "".join(f"<h2>{html.escape(t)}</h2>\n{_md_to_html(b)}\n" for t, b in secs)
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}<h2>Plots</h2>{imgs or skipped}"
+        "</body></html>\n"
+    )
+    write_text(out_dir / "report.html", page)
+    write_json(out_dir / "report.json", report)
+    return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "html": out_dir / "report.html"}
