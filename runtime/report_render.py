@@ -185,7 +185,7 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
     dist = [r for r in report["latency"] if r["samples_ms"]]
     if dist:
         fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(dist)))
-        ax.boxplot([r["samples_ms"] for r in dist], vert=False, whis=(1, 99), showfliers=False)
+        ax.boxplot([r["samples_ms"] for r in dist], orientation="horizontal", whis=(1, 99), showfliers=False)
         ax.set_yticks(range(1, len(dist) + 1), [f"{r['label']} [{r['target']}]" for r in dist], fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("batch-1 latency (ms, log scale); whiskers p1-p99")

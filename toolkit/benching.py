@@ -1,7 +1,8 @@
 """`toolkit bench`: every artifact of a run (or one model file) on edge target profiles.
 
 SingleStream latency and Offline throughput (runtime.latency), threads pinned as the profile says,
-the environment recorded; one JSON per target in RUN/bench/ and a summary in the manifest.
+the environment recorded; one JSON per target in RUN/bench/ and a summary in the manifest (a single
+model file: DIR/bench/files/<file>.<target>.json).
 """
 
 from __future__ import annotations
@@ -110,7 +111,12 @@ def run_bench(
             "input": "random normal tensors of the contract's shape (latency does not depend on pixel values)",
             "artifacts": entries,
         }
-        out = (path / "bench" if is_run else path.parent / "bench") / f"{profile.name}.json"
+        # A lone model file's results stay out of its run's bench/ (the report reads that folder).
+        out = (
+            path / "bench" / f"{profile.name}.json"
+            if is_run
+            else path.parent / "bench" / "files" / f"{path.name}.{profile.name}.json"
+        )
         write_json(out, result)
         results[profile.name] = result
     if is_run:

@@ -1,0 +1,142 @@
+"""Report: ladder comparisons checked by hand, every section from a run directory's files, HTML self-contained."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from runtime.errors import ToolkitError
+from runtime.report import build_report, compare_logits
+from runtime.report_render import render
+from toolkit.cli import app
+
+
+def test_compare_logits_by_hand() -> None:
+    ref = np.array([[0.0, math.log(3.0)], [2.0, 0.0]])  # p = [.25, .75], [., .]
+    cand = np.array([[0.0, 0.0], [2.0, 0.0]])  # q = [.5, .5] (argmax 0), identical second row
+    r = compare_logits(ref, cand)
+    assert r["agreement"] == 0.5
+    kl_first = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert r["kl"] == pytest.approx(kl_first / 2, rel=1e-9)
+    with pytest.raises(ToolkitError, match="shapes"):
+        compare_logits(ref, cand[:1])
+
+
+def write_eval(folder: Path, logits: np.ndarray, labels: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    np.save(folder / "logits.npy", logits.astype(np.float32))
+    top1 = float((logits.argmax(1) == labels).mean())
+    (folder / "metrics.json").write_text(json.dumps({"top1": top1, "n": len(labels)}))
+
+
+def fake_run(root: Path) -> Path:
+    """A run directory as train + export + eval + bench leave it, with known logits."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    student = rng.standard_normal((200, 3)) + 3 * np.eye(3)[labels]
+    onnx = student + 1e-6
+    int8 = student.copy()
+    int8[:10] = int8[:10, ::-1]  # flips some predictions
+    run = root / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("name: fake\nstudent: {name: resnet18}\npreprocess: {input_size: [28, 28]}\n")
+    (run / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"epoch": e, "train_loss": 1 / e, "val_top1": 0.5 + e / 10, "lr": 0.1}) for e in (1, 2))
+    )
+    for name in ("model.onnx", "model.int8.onnx"):
+        (run / name).write_bytes(b"x" * 100)
+    guard = {"verdict": "PASS", "tolerance_points": 0.5, "fp32_top1": 0.9, "int8_top1": 0.89, "drop_points": 1.0}
+    manifest = {
+        "exports": {
+            "onnx": {
+                "file": "model.onnx",
+                "bytes": 4_000_000,
+                "parity": {"n": 8, "max_abs_diff": 1e-6, "top1_agreement": 1.0, "passed": True},
+            },  # fmt: skip
+            "calibration": {"images": 64, "method": "minmax", "source": "train split"},
+            "int8_onnxruntime": {
+                "file": "model.int8.onnx",
+                "bytes": 1_000_000,
+                "format": "QDQ U8S8",
+                "guard": {**guard, "kept_in_float": ["/layer4/conv"]},
+            },  # fmt: skip
+        },
+        "evaluations": {"fake-test": {"top1": 0.9}},
+    }
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    base = run / "eval" / "fake-test"
+    write_eval(base, student, labels)
+    write_eval(base / "artifacts" / "onnx", onnx, labels)
+    write_eval(base / "artifacts" / "int8_onnxruntime", int8, labels)
+    env = {"cpu": {"model": "TestCPU", "usable_cores": 2, "flags": ["avx2"]}, "memory_gb": 8, "os": "Linux",
+           "packages": {"onnxruntime": "1.0"}}  # fmt: skip
+    entry = lambda key, p90: {  # noqa: E731
+        "artifact": key, "label": key, "single_stream": {"count": 3, "min_ms": 1.0, "p50_ms": p90 / 2, "p90_ms": p90,
+        "p95_ms": p90, "p99_ms": p90, "max_ms": p90, "mean_ms": p90 / 2, "samples_ms": [1.0, p90 / 2, p90]},
+        "offline": [{"batch_size": 8, "images_per_s": 100.0}],
+    }  # fmt: skip
+    (run / "bench").mkdir()
+    (run / "bench" / "ort-cpu-1t.json").write_text(
+        json.dumps(
+            {
+                "target": {"name": "ort-cpu-1t"},
+                "environment": env,
+                "artifacts": [entry("onnx", 4.0), entry("int8_onnxruntime", 2.0)],
+            }
+        )  # fmt: skip
+    )
+    return run
+
+
+def test_report_sections_from_run_files(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    report = build_report(run)
+    assert report["dataset"] == "fake-test"
+    ladder = {s["stage"]: s for s in report["ladder"]}
+    assert not ladder["teacher"]["available"] and "teacher" in ladder["teacher"]["reason"]
+    assert ladder["onnx"]["versus"] == "student" and ladder["onnx"]["agreement"] == 1.0
+    assert ladder["int8_onnxruntime"]["versus"] == "onnx"
+    student = np.load(run / "eval/fake-test/logits.npy")
+    flipped = student.copy()
+    flipped[:10] = flipped[:10, ::-1]
+    expected = float((student.argmax(1) == flipped.argmax(1)).mean())
+    assert ladder["int8_onnxruntime"]["agreement"] == pytest.approx(expected) and expected < 1.0
+    assert [r["p90_ms"] for r in report["latency"]] == [4.0, 2.0]
+    assert report["guards"]["int8_onnxruntime"]["kept_in_float"] == ["/layer4/conv"]
+    assert [s["bytes"] for s in report["sizes"]] == [4_000_000, 1_000_000]
+
+
+def test_render_writes_markdown_html_json_with_plots(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    for text in ("Fidelity ladder", "| ONNX Runtime INT8 U8S8 |", "ort-cpu-1t", "/layer4/conv", "TestCPU"):
+        assert text in md
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.replace("<!doctype html>", "")
+    assert sorted(p.name for p in (run / "report_files").iterdir()) == [
+        "accuracy_vs_latency.png",
+        "latency_distribution.png",
+        "training_curves.png",
+    ]
+    data = json.loads((run / "report.json").read_text())
+    assert data["run"]["student"] == "resnet18" and len(data["ladder"]) == 4
+
+
+def test_report_of_an_unevaluated_run_says_what_to_run(tmp_path: Path) -> None:
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    render(build_report(run), run)
+    md = (run / "report.md").read_text()
+    assert "toolkit eval RUN --artifact all" in md and "toolkit bench" in md and "toolkit export" in md
+    with pytest.raises(ToolkitError, match="no evaluation on 'nope'"):
+        build_report(run, "nope")
+    with pytest.raises(ToolkitError, match="manifest.json: not found"):
+        build_report(tmp_path)
