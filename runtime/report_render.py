@@ -157,6 +157,7 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import LogLocator, MaxNLocator, ScalarFormatter
     except ImportError:
         return {}
     figures: dict[str, bytes] = {}
@@ -177,6 +178,11 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
             ax.annotate(f"{r['label']}\n[{r['target']}]", (r["p90_ms"], 100 * top1[r["artifact"]]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.margins(x=0.25, y=0.25)
         ax.set_xlabel("p90 latency at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title("Accuracy vs latency")
@@ -188,6 +194,7 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         ax.boxplot([r["samples_ms"] for r in dist], orientation="horizontal", whis=(1, 99), showfliers=False)
         ax.set_yticks(range(1, len(dist) + 1), [f"{r['label']} [{r['target']}]" for r in dist], fontsize=7)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("batch-1 latency (ms, log scale); whiskers p1-p99")
         ax.set_title("Latency distribution")
         save(fig, "latency_distribution.png")
@@ -197,13 +204,15 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         epochs = [h["epoch"] for h in hist]
         ax.plot(epochs, [h.get("train_loss") for h in hist], "o-", label="train loss")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("train loss")
         ax2 = ax.twinx()
         ax2.plot(epochs, [100 * h["val_top1"] for h in hist if "val_top1" in h], "s-", color="tab:orange",
                  label="val top-1")  # fmt: skip
         ax2.set_ylabel("val top-1 (%)")
         ax.set_title("Training")
-        fig.legend(loc="center right", fontsize=8)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="center right", fontsize=8)
         save(fig, "training_curves.png")
     return figures
 
@@ -237,7 +246,8 @@ def _md_to_html(text: str) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1rem}th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
-th{background:#f3f3f3}code{background:#f3f3f3;padding:0 .2rem}img{max-width:100%;display:block;margin:1rem 0}"""
+th{background:#f3f3f3}td:not(:last-child){white-space:nowrap}
+code{background:#f3f3f3;padding:0 .2rem}img{max-width:100%;display:block;margin:1rem 0}"""
 
 
 def render(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
