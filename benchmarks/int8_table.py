@@ -221,9 +221,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     best = max(int8_224, key=lambda r: r["speedup"], default=None)
     tail = [""]
     if best:
-        r = best[2]
-        tail.append(f"Best INT8 at 224: {r['model']} {r['variant']}; its top-1 drop is measured at the recipe size.")
-        tail.append(f"best int8 speedup vs torch fp32: {best[0]:.1f}x, top-1 drop: {best[1]:.2f}")
+        tail.append(f"Best INT8 at 224: {best['model']} {best['variant']} (top-1 drop measured at the recipe size).")
+        tail.append(f"best int8 speedup vs torch fp32: {best['speedup']:.1f}x, top-1 drop: {best['drop']:.2f}")
     return "\n".join(head + lines + tail) + "\n"
 
 

@@ -1,0 +1,38 @@
+"""benchmarks/int8_table.py: the table's last line is the machine-read summary."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+
+from conftest import REPO
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("int8_table", REPO / "benchmarks" / "int8_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(size: str, variant: str, p50: float, top1: float | None, drop: float, speedup: float) -> dict:
+    fixed = {"model": "resnet18", "p90": p50 * 1.1, "throughput": 100.0, "mb": 11.0, "calib_s": 3.0, "guard": None}
+    return {**fixed, "size": size, "variant": variant, "top1": top1, "drop": drop, "p50": p50, "speedup": speedup}
+
+
+def test_last_line_names_best_int8_speedup_at_224_and_its_drop() -> None:
+    script = load_script()
+    rows = [
+        row("28x28", "PyTorch eager FP32", 2.0, 0.91, 0.0, 1.0),
+        row("28x28", "ONNX Runtime INT8 U8S8", 0.2, 0.905, 0.5, 10.0),  # fastest at 28: not the headline
+        row("224x224", "PyTorch eager FP32", 40.0, None, 0.0, 1.0),
+        row("224x224", "ONNX Runtime INT8 U8S8", 10.0, None, 0.5, 4.0),
+        row("224x224", "OpenVINO INT8 (NNCF)", 5.0, None, 0.1, 8.0),
+        row("224x224", "OpenVINO FP32", 4.0, None, 0.0, 10.0),  # FP32: never the INT8 headline
+    ]
+    args = argparse.Namespace(argv=["--run", "x"], rounds=1, queries=2, batch=32)
+    text = script.table(rows, args)
+    assert text.splitlines()[-1] == "best int8 speedup vs torch fp32: 8.0x, top-1 drop: 0.10"
+    assert re.search(r"\| resnet18 \| 224x224 \| OpenVINO INT8 \(NNCF\) \| - \| - \| 5\.00 \|", text)
+    assert "| resnet18 | 28x28 | ONNX Runtime INT8 U8S8 | 90.50 | 0.50 |" in text
