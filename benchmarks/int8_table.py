@@ -197,7 +197,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"{', '.join(cpu['flags'])}), {platform.system()}; torch {torch.__version__}, "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items())
         + ".",
-        f"Command: `python benchmarks/int8_table.py {' '.join(args.argv)}`.",
+        f"Command: `{' '.join(['python benchmarks/int8_table.py', *args.argv])}`.",
         "Top-1 on the 10,000 official test images at the recipe's input size (the size trained at); at 224 the "
         "same weights are exported for latency only. Latency: SingleStream batch 1, "
         f"{args.rounds} interleaved rounds x {args.queries} queries per variant; throughput: Offline at batch "

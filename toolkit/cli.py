@@ -233,6 +233,80 @@ def report(
     out.print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 
+teacher_app = typer.Typer(help="Vision-language teachers: zero-shot top-1, CoOp prompt calibration (PAND PSC).")
+app.add_typer(teacher_app, name="teacher")
+TeacherSpec = Annotated[str, typer.Option("--teacher", help="Teacher spec (see `toolkit teachers`).")]
+OpenClipConfig = Annotated[
+    Path | None, typer.Option(help="An OpenCLIP model-config JSON to register first (custom architectures).")
+]
+Template = Annotated[str, typer.Option(help="Prompt template with one {} for the class name.")]
+
+
+@app.command()
+def teachers() -> None:
+    """List teacher backends and their spec strings."""
+    from distill.teachers.registry import list_teachers
+
+    table = Table()
+    for col in ("scheme", "example spec", "offline", "description"):
+        table.add_column(col, no_wrap=col != "description")
+    for b in list_teachers():
+        table.add_row(b.scheme, b.example, "yes" if b.offline else "no", b.description)
+    out.print(table)
+
+
+@teacher_app.command("zeroshot")
+def teacher_zeroshot(
+    data: Annotated[
+        str, typer.Option(help="ImageFolder, CSV manifest or fashion_mnist:<split>.")
+    ] = "fashion_mnist:test",
+    teacher: TeacherSpec = "conse:efficientnet_lite0+minilm",
+    template: Template = "a photo of a {}, a type of clothing.",
+    anchors: Annotated[Path | None, typer.Option(help="Calibrated anchors from `toolkit teacher calibrate`.")] = None,
+    limit: Annotated[int, typer.Option(help="Evaluate a class-stratified subset of about this many images.")] = 0,
+    openclip_config: OpenClipConfig = None,
+) -> None:
+    """The teacher's zero-shot top-1 on a dataset (template prompts, or calibrated anchors)."""
+    from toolkit.teaching import run_zeroshot
+
+    r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit)
+    out.print(f"{r['teacher']}: top-1 {r['top1']:.4f} on {r['n']} images of {r['data']} ({r['anchors']})")
+
+
+@teacher_app.command("calibrate")
+def teacher_calibrate(
+    out_file: Annotated[
+        Path, typer.Option("--out", help="Anchors file to write (.safetensors; a .json report beside).")
+    ],
+    data: Annotated[str, typer.Option(help="Training images for CoOp.")] = "fashion_mnist:train",
+    eval_data: Annotated[
+        str | None, typer.Option(help="Held-out images: top-1 before and after calibration.")
+    ] = "fashion_mnist:test",
+    shots: Annotated[int, typer.Option(help="Images per class from --data (0: all).")] = 30,
+    teacher: TeacherSpec = "conse:efficientnet_lite0+minilm",
+    template: Template = "a photo of a {}, a type of clothing.",
+    n_ctx: Annotated[int, typer.Option(help="Learned context vectors (CoOp N_ctx).")] = 16,
+    epochs: Annotated[int, typer.Option(help="CoOp epochs (PAND: 200).")] = 50,
+    lr: Annotated[float, typer.Option(help="SGD learning rate (PAND: 0.002).")] = 0.002,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the few-shot sample, context init and order.")] = 0,
+    openclip_config: OpenClipConfig = None,
+) -> None:
+    """PAND stage PSC: learn a shared prompt context on the frozen teacher; save the class anchors F_txt."""
+    from distill.teachers.coop import CoOpConfig
+    from toolkit.teaching import run_calibrate
+
+    config = CoOpConfig(n_ctx=n_ctx, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    r = run_calibrate(teacher, data, eval_data, template, shots, config, out_file, console, openclip_config)
+    line = f"{r['teacher']}: CoOp on {r['train_data']['n']} images"
+    if r["eval_data"]:
+        line += (
+            f"; top-1 on {r['eval_data']['n']} images of {r['eval_data']['name']}: "
+            f"{r['top1_zero_shot']:.4f} zero-shot -> {r['top1_calibrated']:.4f} calibrated"
+        )
+    out.print(f"{line}. Anchors: {out_file}")
+
+
 @app.command()
 def students(pattern: Annotated[str, typer.Argument(help="Glob over registered names.")] = "*") -> None:
     """List registered students (any other timm model name works too)."""

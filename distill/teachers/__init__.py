@@ -1,0 +1,1 @@
+"""Vision-language teachers (OpenCLIP, ConSE), their registry, and CoOp prompt calibration."""

@@ -1,0 +1,146 @@
+"""PAND stage PSC: CoOp prompt learning on a frozen teacher -> calibrated class anchors F_txt.
+
+N_ctx shared context vectors (not class-specific, N(0, 0.02^2) init) replace the placeholders before the
+template sentence; the text tower stays frozen; cross-entropy of teacher-scale logits between cached image
+features and the C prompt embeddings (methods-spec 2.1: SGD 0.002, momentum 0.9, cosine to 0, no warm-up,
+batch 32, gradient clipping 1.0). Image features are computed once per image with the teacher's own eval
+preprocessing; only the text tower runs while training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from distill.teachers.base import Teacher
+from runtime.atomic import atomic_path
+from runtime.classifier import contract_batches
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+
+Progress = Callable[[int, int], None]
+
+
+@torch.no_grad()
+def image_features(
+    teacher: Teacher, dataset: Dataset, batch_size: int = 64, progress: Progress | None = None
+) -> torch.Tensor:
+    """(N, D) normalised teacher embeddings of every image, through the teacher's own preprocessing."""
+    feats = []
+    for i, batch in enumerate(contract_batches(dataset, teacher.contract, batch_size)):
+        feats.append(teacher.encode_image(torch.from_numpy(batch)).float())
+        if progress:
+            progress(min((i + 1) * batch_size, len(dataset)), len(dataset))
+    return torch.cat(feats) if feats else torch.empty(0, teacher.embed_dim)
+
+
+def top1(teacher: Teacher, feats: torch.Tensor, labels: np.ndarray, anchors: torch.Tensor) -> float:
+    with torch.no_grad():
+        preds = teacher.zero_shot_logits(feats, anchors).argmax(1).numpy()
+    return float((preds == labels).mean())
+
+
+@dataclass
+class CoOpConfig:
+    n_ctx: int = 16
+    epochs: int = 50
+    lr: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    clip_grad: float = 1.0
+    init_std: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 1 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ToolkitError(f"CoOp settings must be positive: {self}")
+
+
+@dataclass
+class CoOpResult:
+    context: torch.Tensor
+    anchors: torch.Tensor
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def calibrate(
+    teacher: Teacher,
+    feats: torch.Tensor,
+    labels: np.ndarray,
+    class_names: list[str],
+    template: str,
+    config: CoOpConfig,
+    progress: Progress | None = None,
+) -> CoOpResult:
+    """Learn the shared context on (feats, labels); returns the context and the calibrated anchors."""
+    if len(feats) != len(labels) or not len(feats):
+        raise ToolkitError(f"CoOp needs one label per image feature, got {len(feats)} features, {len(labels)} labels")
+    gen = torch.Generator().manual_seed(config.seed)
+    tokens = teacher.context_prompts(class_names, template, config.n_ctx)
+    context = torch.nn.Parameter(torch.randn(config.n_ctx, teacher.text_width, generator=gen) * config.init_std)
+    opt = torch.optim.SGD([context], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(feats) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    y = torch.as_tensor(labels, dtype=torch.long)
+    history = []
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(feats), generator=gen)
+        loss_sum = correct = 0.0
+        for start in range(0, len(feats), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            anchors = teacher.encode_with_context(context, tokens)
+            logits = teacher.logit_scale * feats[idx] @ anchors.T
+            loss = F.cross_entropy(logits, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([context], config.clip_grad)
+            opt.step()
+            sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += float((logits.argmax(1) == y[idx]).sum())
+        history.append({"epoch": epoch + 1, "loss": loss_sum / len(feats), "train_top1": correct / len(feats)})
+        if progress:
+            progress(epoch + 1, config.epochs)
+    with torch.no_grad():
+        anchors = teacher.encode_with_context(context, tokens)
+    return CoOpResult(context.detach(), anchors.detach(), history)
+
+
+def save_anchors(
+    path: str | os.PathLike[str], anchors: torch.Tensor, provenance: dict[str, Any], context: torch.Tensor | None = None
+) -> None:
+    """F_txt (C, D) fp32, L2-normalised, with provenance (teacher, template, class names, data hash) in metadata."""
+    tensors = {"anchors": F.normalize(anchors.float(), dim=-1).contiguous()}
+    if context is not None:
+        tensors["context"] = context.float().contiguous()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"toolkit.anchors": json.dumps(provenance)})
+
+
+def load_anchors(path: str | os.PathLike[str], teacher_spec: str | None = None, class_names: list[str] | None = None):
+    """(anchors, provenance); checks they were made for this teacher and these classes."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("toolkit.anchors", "null"))
+            anchors = fh.get_tensor("anchors")
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise ToolkitError(f"{path}: not a class-anchor file written by `toolkit teacher calibrate` ({exc})") from exc
+    if meta is None:
+        raise ToolkitError(f"{path}: no provenance metadata; write anchors with `toolkit teacher calibrate`")
+    if teacher_spec and meta.get("teacher") != teacher_spec:
+        raise ToolkitError(f"{path}: anchors of teacher {meta.get('teacher')!r}, not {teacher_spec!r}")
+    if class_names is not None and meta.get("class_names") != list(class_names):
+        raise ToolkitError(f"{path}: anchors for classes {meta.get('class_names')}, the data has {list(class_names)}")
+    return anchors, meta
