@@ -172,17 +172,16 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
     top1 = _top1_by_artifact(report)
     points = [r for r in report["latency"] if r["artifact"] in top1]
     if points:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.2 * len(points)))
+        # Colour = artifact, marker = target; a legend instead of labels, which collide when points are close.
+        colours = {a: f"C{i}" for i, a in enumerate(dict.fromkeys(r["label"] for r in points))}
+        markers = {t: "osD^vP*X"[i % 8] for i, t in enumerate(dict.fromkeys(r["target"] for r in points))}
         for r in points:
-            ax.scatter(r["p90_ms"], 100 * top1[r["artifact"]], s=40)
-            ax.annotate(f"{r['label']}\n[{r['target']}]", (r["p90_ms"], 100 * top1[r["artifact"]]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-        ax.xaxis.set_minor_formatter(ScalarFormatter())
-        ax.tick_params(axis="x", which="minor", labelsize=7)
-        ax.margins(x=0.25, y=0.25)
+            ax.scatter(r["p90_ms"], 100 * top1[r["artifact"]], s=50, c=colours[r["label"]],
+                       marker=markers[r["target"]], label=f"{r['label']} [{r['target']}]", alpha=0.85)  # fmt: skip
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+        _log_ms_axis(ax, ScalarFormatter, LogLocator)
+        ax.margins(x=0.15, y=0.25)
         ax.set_xlabel("p90 latency at batch 1 (ms, log scale)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title("Accuracy vs latency")
@@ -193,8 +192,7 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.45 * len(dist)))
         ax.boxplot([r["samples_ms"] for r in dist], orientation="horizontal", whis=(1, 99), showfliers=False)
         ax.set_yticks(range(1, len(dist) + 1), [f"{r['label']} [{r['target']}]" for r in dist], fontsize=7)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        _log_ms_axis(ax, ScalarFormatter, LogLocator)
         ax.set_xlabel("batch-1 latency (ms, log scale); whiskers p1-p99")
         ax.set_title("Latency distribution")
         save(fig, "latency_distribution.png")
@@ -215,6 +213,15 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         ax.legend(handles=handles, loc="center right", fontsize=8)
         save(fig, "training_curves.png")
     return figures
+
+
+def _log_ms_axis(ax: Any, formatter: Any, locator: Any) -> None:
+    """Log-scale x axis labelled in plain milliseconds (0.5, 1, 2, 5 ...), not powers of ten."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(formatter())
+    ax.xaxis.set_minor_locator(locator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(formatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
 def _md_to_html(text: str) -> str:
