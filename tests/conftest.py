@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -61,4 +62,19 @@ def write_recipe(path: Path, data_root: Path, **train: object) -> Path:
         },
     }
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+# A tiny OpenCLIP architecture (random weights): exercises the real OpenCLIP teacher path offline.
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_CLIP_SPEC = "openclip:toolkit-tiny-clip/none"
+
+
+def write_tiny_clip_config(folder: Path) -> Path:
+    path = folder / "toolkit-tiny-clip.json"
+    path.write_text(json.dumps(TINY_CLIP))
     return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_folder
+from conftest import TINY_CLIP_SPEC, write_image_folder, write_tiny_clip_config
 from typer.testing import CliRunner
 
 from distill.teachers.base import fill_template
@@ -17,24 +17,16 @@ from distill.teachers.registry import create_teacher, list_teachers
 from runtime.errors import ToolkitError
 from toolkit.cli import app
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "toolkit-tiny-clip.json"
-    path.write_text(json.dumps(TINY))
-    return path
+    return write_tiny_clip_config(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_config: Path):
     torch.manual_seed(0)
-    return create_teacher("openclip:toolkit-tiny-clip/none", config=tiny_config)
+    return create_teacher(TINY_CLIP_SPEC, config=tiny_config)
 
 
 def test_registry_lists_and_rejects() -> None:
@@ -54,7 +46,7 @@ def test_template_needs_one_placeholder() -> None:
 
 
 def test_openclip_text_path_matches_open_clip(tiny) -> None:
-    assert tiny.spec == "openclip:toolkit-tiny-clip/none" and tiny.embed_dim == 32
+    assert tiny.spec == TINY_CLIP_SPEC and tiny.embed_dim == 32
     assert tiny.contract.input_size == (32, 32)
     texts = ["a photo of a Sandal.", "a photo of a Bag."]
     tokens = tiny.tokenize(texts)
@@ -107,7 +99,7 @@ def test_anchor_file_round_trip_and_checks(tmp_path: Path) -> None:
 def test_calibrate_and_zeroshot_commands(tiny_config: Path, tmp_path: Path) -> None:
     data = write_image_folder(tmp_path / "data", per_class=6, size=20)
     out = tmp_path / "anchors.safetensors"
-    common = ["--teacher", "openclip:toolkit-tiny-clip/none", "--openclip-config", str(tiny_config),
+    common = ["--teacher", TINY_CLIP_SPEC, "--openclip-config", str(tiny_config),
               "--template", "a photo of a {}."]  # fmt: skip
     res = CliRunner().invoke(app, ["teacher", "calibrate", "--out", str(out), "--data", str(data), "--eval-data",
                                    str(data), "--shots", "3", "--epochs", "2", "--n-ctx", "2", *common])  # fmt: skip

@@ -307,6 +307,51 @@ def teacher_calibrate(
     out.print(f"{line}. Anchors: {out_file}")
 
 
+cache_app = typer.Typer(help="Teacher-output cache: M replayable crops per image with the teacher's outputs.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("build")
+def cache_build(
+    out_dir: Annotated[Path, typer.Option("--out", help="Cache directory.")],
+    data: Annotated[str, typer.Option(help="Training images.")] = "fashion_mnist:train",
+    teacher: TeacherSpec = "conse:efficientnet_lite0+minilm",
+    crops: Annotated[int, typer.Option(help="Crops per image (M).")] = 8,
+    scale: Annotated[tuple[float, float], typer.Option(help="RandomResizedCrop area range.")] = (0.35, 1.0),
+    hflip: Annotated[float, typer.Option(help="Horizontal flip probability.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Crop sampling seed.")] = 0,
+    shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of resume and of sharding).")] = 1024,
+    topk: Annotated[
+        int, typer.Option(help="Also store top-K zero-shot logits + log-sum-exp (0: embeddings only).")
+    ] = 0,
+    template: Template = "a photo of a {}, a type of clothing.",
+    anchors: Annotated[Path | None, typer.Option(help="Calibrated anchors for the top-K logits.")] = None,
+    openclip_config: OpenClipConfig = None,
+) -> None:
+    """Build the cache (resumes a killed build, rebuilds a stale one). Under torchrun each rank builds its shards."""
+    from distill.crops import CropRecipe
+    from toolkit.caching import run_cache_build
+
+    recipe = CropRecipe(scale=scale, hflip=hflip)
+    r = run_cache_build(
+        out_dir, teacher, data, crops, recipe, seed, shard_size, topk, template, anchors, console, openclip_config
+    )
+    out.print(f"{out_dir}: {r['built_shards']} shard(s) built in {r['seconds']:.1f}s for {r['images']} images"
+              + ("" if r["complete"] else " (this rank's part)"))  # fmt: skip
+
+
+@cache_app.command("verify")
+def cache_verify(path: Annotated[Path, typer.Argument(help="Cache directory.")]) -> None:
+    """Check every shard against its checksum; say what the cache holds."""
+    from distill.teacher_cache import TeacherCache
+
+    cache = TeacherCache(path, verify=True)
+    s = cache.spec
+    out.print(
+        f"{path}: OK, {s.num_images} images x {s.crops} crops of {s.dataset}, teacher {s.teacher}, top-K {s.topk}"
+    )
+
+
 @app.command()
 def students(pattern: Annotated[str, typer.Argument(help="Glob over registered names.")] = "*") -> None:
     """List registered students (any other timm model name works too)."""

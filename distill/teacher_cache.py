@@ -1,0 +1,316 @@
+"""Teacher-output cache: M replayable crops per training image, each with the teacher's normalised
+embedding (fp16) and optionally its top-K logits + log-sum-exp, computed once and reused by every epoch,
+method, student and seed (methods-spec section 6).
+
+Layout of a cache directory:
+    manifest.json              key (teacher, weights hash, data fingerprint, crop recipe, M, top-K ...), sizes
+    shard-00000/*.npy          boxes (n, M, 4) f32, flips (n, M) u8, embeddings (n, M, D) f16
+                               [, topk_idx, topk_val, lse]
+    shard-00000.json           written last: the shard is complete; sha256 of each of its files
+Shards are built independently (resumable after a kill: complete shards are skipped; rank r of W builds
+shards r, r+W, ...). A cache whose key differs from what is asked is stale and rebuilt; a shard whose
+checksum does not match is reported and never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.crops import CropRecipe, crop_input, sample_crop
+from distill.teachers.base import Teacher
+from runtime.atomic import write_json
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+from runtime.hashing import sha256_file
+
+FORMAT = 1
+Progress = Callable[[int], None]
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer (names, shapes, values): a teacher's identity beyond its name."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def topk_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(indices, values, log-sum-exp) of each row: enough to rebuild MS or MR soft labels later."""
+    values, indices = logits.topk(k, dim=-1)
+    return indices, values, torch.logsumexp(logits, dim=-1)
+
+
+def ms_labels(indices: np.ndarray, values: np.ndarray, lse: np.ndarray, num_classes: int) -> np.ndarray:
+    """Marginal smoothing: the true top-K probabilities, the remaining mass spread evenly over the other classes."""
+    top = np.exp(values.astype(np.float64) - lse[..., None])
+    k = indices.shape[-1]
+    tail = np.clip(1.0 - top.sum(-1), 0.0, None) / max(num_classes - k, 1)
+    out = np.repeat(tail[..., None], num_classes, axis=-1)
+    np.put_along_axis(out, indices.astype(np.int64), top, axis=-1)
+    return out / out.sum(-1, keepdims=True)
+
+
+def mr_labels(indices: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:
+    """Marginal re-normalisation: softmax over the top-K logits only, zero elsewhere."""
+    v = values.astype(np.float64)
+    p = np.exp(v - v.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = np.zeros((*indices.shape[:-1], num_classes))
+    np.put_along_axis(out, indices.astype(np.int64), p, axis=-1)
+    return out
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cache is for; its JSON is the key."""
+
+    teacher: str
+    weights_sha256: str
+    dataset: str
+    dataset_fingerprint: str
+    num_images: int
+    crops: int
+    recipe: dict[str, Any]
+    teacher_input: dict[str, Any]
+    seed: int
+    topk: int = 0
+    anchors_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _crops_of(index: int, image_size: tuple[int, int], spec: CacheSpec, recipe: CropRecipe) -> list:
+    rng = np.random.default_rng([spec.seed, index])
+    return [sample_crop(rng, *image_size, recipe) for _ in range(spec.crops)]
+
+
+class TeacherCache:
+    """A built cache, memory-mapped. ``record(i, c)`` -> (box, flip, embedding) of crop c of image i."""
+
+    def __init__(self, root: Path, verify: bool = True):
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise ToolkitError(f"{self.root}: no teacher cache here (build it with `toolkit cache build`)")
+        self.manifest = json.loads(path.read_text())
+        self.spec = CacheSpec(**self.manifest["key"])
+        self.shard_size = int(self.manifest["shard_size"])
+        n_shards = int(self.manifest["num_shards"])
+        missing = [i for i in range(n_shards) if not (self.root / f"shard-{i:05d}.json").is_file()]
+        if missing:
+            raise ToolkitError(
+                f"{self.root}: incomplete cache, {len(missing)} of {n_shards} shards missing (first: {missing[0]}); "
+                "run the same `toolkit cache build` again to finish it"
+            )
+        if verify:
+            self.verify()
+        self._arrays: dict[int, dict[str, np.ndarray]] = {}
+
+    def verify(self) -> None:
+        """Check every shard file against the checksum written when it was built."""
+        for info in sorted(self.root.glob("shard-*.json")):
+            record = json.loads(info.read_text())
+            for name, digest in record["files"].items():
+                f = self.root / info.stem / name
+                if not f.is_file() or sha256_file(f) != digest:
+                    raise ToolkitError(
+                        f"{f}: corrupted teacher-cache shard (checksum mismatch or missing); delete {info} and "
+                        "rebuild it with `toolkit cache build` (complete shards are kept)"
+                    )
+
+    def _shard(self, s: int) -> dict[str, np.ndarray]:
+        if s not in self._arrays:
+            folder = self.root / f"shard-{s:05d}"
+            self._arrays[s] = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
+        return self._arrays[s]
+
+    def record(self, index: int, crop: int) -> tuple[np.ndarray, bool, np.ndarray]:
+        s, j = divmod(index, self.shard_size)
+        arrays = self._shard(s)
+        return arrays["boxes"][j, crop], bool(arrays["flips"][j, crop]), arrays["embeddings"][j, crop]
+
+    def topk(self, index: int, crop: int) -> tuple[np.ndarray, np.ndarray, float]:
+        if not self.spec.topk:
+            raise ToolkitError(f"{self.root}: built without top-K logits (--topk)")
+        s, j = divmod(index, self.shard_size)
+        a = self._shard(s)
+        return a["topk_idx"][j, crop], a["topk_val"][j, crop], float(a["lse"][j, crop])
+
+    def crop_for_epoch(self, index: int, epoch: int) -> int:
+        """Each image walks through its M crops without replacement, in a fresh order every M epochs."""
+        m = self.spec.crops
+        order = np.random.default_rng([self.spec.seed, index, epoch // m, 1]).permutation(m)
+        return int(order[epoch % m])
+
+
+def cache_spec(
+    teacher: Teacher,
+    dataset: Dataset,
+    crops: int,
+    recipe: CropRecipe,
+    seed: int,
+    topk: int,
+    anchors: torch.Tensor | None,
+) -> CacheSpec:
+    if crops < 1:
+        raise ToolkitError(f"crops per image must be at least 1, got {crops}")
+    if topk and anchors is None:
+        raise ToolkitError("top-K logits need class anchors (a template or calibrated anchors)")
+    anchors_hash = None
+    if anchors is not None:
+        anchors_hash = hashlib.sha256(anchors.float().contiguous().numpy().tobytes()).hexdigest()
+    return CacheSpec(
+        teacher=teacher.spec,
+        weights_sha256=weights_sha256(teacher),
+        dataset=dataset.name,
+        dataset_fingerprint=dataset.fingerprint(),
+        num_images=len(dataset),
+        crops=crops,
+        recipe=recipe.to_dict(),
+        teacher_input=teacher.contract.to_dict(),
+        seed=seed,
+        topk=topk,
+        anchors_sha256=anchors_hash,
+    )
+
+
+def build_cache(
+    root: Path,
+    teacher: Teacher,
+    dataset: Dataset,
+    spec: CacheSpec,
+    anchors: torch.Tensor | None = None,
+    shard_size: int = 1024,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Build this rank's missing shards; returns how many it built. A stale cache (other key) is cleared."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("key") != spec.to_dict() or old.get("shard_size") != shard_size:
+            if rank == 0:
+                changed = sorted(k for k in spec.to_dict() if old.get("key", {}).get(k) != spec.to_dict()[k])
+                log(f"{root}: stale cache (changed: {', '.join(changed) or 'shard size'}); rebuilding")
+                for p in root.glob("shard-*"):
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            else:
+                raise ToolkitError(f"{root}: stale cache; let rank 0 rebuild it")
+    n_shards = max(1, -(-spec.num_images // shard_size))
+    manifest = {"format": FORMAT, "key": spec.to_dict(), "shard_size": shard_size, "num_shards": n_shards}
+    if rank == 0 or not manifest_path.is_file():
+        write_json(manifest_path, manifest)
+    recipe = CropRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.recipe.items()})
+    built = 0
+    teacher.eval()
+    for s in range(rank, n_shards, world_size):
+        if (root / f"shard-{s:05d}.json").is_file():
+            continue
+        start, stop = s * shard_size, min((s + 1) * shard_size, spec.num_images)
+        arrays = _compute_shard(teacher, dataset, spec, recipe, range(start, stop), anchors, batch_size, progress)
+        folder = root / f"shard-{s:05d}"
+        tmp = root / f".shard-{s:05d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.npy"))}
+        write_json(root / f"shard-{s:05d}.json", {"start": start, "stop": stop, "files": files})
+        built += 1
+    return built
+
+
+@torch.no_grad()
+def _compute_shard(
+    teacher: Teacher,
+    dataset: Dataset,
+    spec: CacheSpec,
+    recipe: CropRecipe,
+    indices: range,
+    anchors: torch.Tensor | None,
+    batch_size: int,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    from runtime.preprocess import PreprocessContract
+
+    contract = PreprocessContract.from_dict(spec.teacher_input)
+    n, m = len(indices), spec.crops
+    boxes = np.zeros((n, m, 4), np.float32)
+    flips = np.zeros((n, m), np.uint8)
+    jobs: list[tuple[int, int]] = []
+    inputs: list[np.ndarray] = []
+    outputs: list[torch.Tensor] = []
+
+    def flush() -> None:
+        if inputs:
+            outputs.append(teacher.encode_image(torch.from_numpy(np.stack(inputs))).float())
+            inputs.clear()
+
+    for j, index in enumerate(indices):
+        image = dataset.image(index)
+        for c, (box, flip) in enumerate(_crops_of(index, image.size, spec, recipe)):
+            boxes[j, c], flips[j, c] = box, flip
+            inputs.append(crop_input(image, box, flip, contract))
+            jobs.append((j, c))
+            if len(inputs) == batch_size:
+                flush()
+        if progress:
+            progress(1)
+    flush()
+    emb = torch.cat(outputs).reshape(n, m, -1)
+    arrays = {"boxes": boxes, "flips": flips, "embeddings": emb.half().numpy()}
+    if spec.topk:
+        logits = teacher.zero_shot_logits(emb.reshape(n * m, -1), anchors)
+        idx, val, lse = topk_logits(logits, spec.topk)
+        arrays.update(
+            topk_idx=idx.reshape(n, m, -1).to(torch.int32).numpy(),
+            topk_val=val.reshape(n, m, -1).half().numpy(),
+            lse=lse.reshape(n, m).numpy().astype(np.float32),
+        )
+    return arrays
+
+
+class CachedCropDataset(torch.utils.data.Dataset):
+    """Training items replayed from the cache: (student input of the cached crop, label, teacher embedding).
+
+    ``set_epoch`` picks which of each image's M crops this epoch uses; the student sees exactly the pixels
+    the teacher saw, at the student's own size and normalisation.
+    """
+
+    def __init__(self, dataset: Dataset, cache: TeacherCache, contract: Any, epoch: int = 0):
+        if cache.spec.dataset_fingerprint != dataset.fingerprint() or cache.spec.num_images != len(dataset):
+            raise ToolkitError(
+                f"{cache.root}: cache built for {cache.spec.dataset} ({cache.spec.num_images} images, fingerprint "
+                f"{cache.spec.dataset_fingerprint[:12]}), not for {dataset.name} ({len(dataset)} images); rebuild it"
+            )
+        self.dataset, self.cache, self.contract, self.epoch = dataset, cache, contract, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        box, flip, emb = self.cache.record(i, self.cache.crop_for_epoch(i, self.epoch))
+        x = crop_input(self.dataset.image(i), box, flip, self.contract)
+        return torch.from_numpy(x), int(self.dataset.labels[i]), torch.from_numpy(np.asarray(emb, np.float32))
