@@ -112,7 +112,7 @@ def offline(
         "batch_size": int(batch.shape[0]),
         "images_per_s": round(images / elapsed, 3),
         "batches": len(samples),
-        "seconds": round(elapsed, 4),
+        "seconds": round(elapsed, 6),
         "batch_p50_ms": round(stats.p50_ms, 4),
         "batch_p90_ms": round(stats.p90_ms, 4),
         "hit_max_duration": elapsed >= limits.max_duration_s,

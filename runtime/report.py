@@ -34,7 +34,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
 
 
 def _pick_dataset(run_dir: Path, evaluations: dict[str, Any], dataset: str | None) -> str | None:
-    names = [n for n in evaluations if (run_dir / "eval" / eval_slug(n) / "logits.npy").is_file()]
+    base = run_dir / "eval"
+    names = [n for n in evaluations if any((base / eval_slug(n) / s / "logits.npy").is_file() for s in ("", "teacher"))]
     if dataset is not None:
         if dataset not in evaluations:
             raise ToolkitError(f"{run_dir}: no evaluation on '{dataset}'; have: {', '.join(evaluations) or 'none'}")

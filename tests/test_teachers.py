@@ -15,6 +15,8 @@ from distill.teachers.base import fill_template
 from distill.teachers.coop import CoOpConfig, calibrate, load_anchors, save_anchors
 from distill.teachers.registry import create_teacher, list_teachers
 from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+from runtime.report import build_report
 from toolkit.cli import app
 
 
@@ -108,9 +110,19 @@ def test_calibrate_and_zeroshot_commands(tiny_config: Path, tmp_path: Path) -> N
     classes = len([d for d in data.iterdir() if d.is_dir()])
     assert report["train_data"]["n"] == 3 * classes and len(report["history"]) == 2
     assert 0 <= report["top1_zero_shot"] <= 1 and 0 <= report["top1_calibrated"] <= 1
-    res = CliRunner().invoke(app, ["teacher", "zeroshot", "--data", str(data), "--anchors", str(out), *common])
+    run = tmp_path / "run"
+    run.mkdir()
+    classes = sorted(d.name for d in data.iterdir() if d.is_dir())
+    (run / "preprocess.json").write_text(PreprocessContract(class_names=tuple(classes)).to_json())
+    args = ["teacher", "zeroshot", "--data", str(data), "--anchors", str(out), "--run", str(run), *common]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert f"top-1 {report['top1_calibrated']:.4f}" in res.output
+    ladder = build_report(run)["ladder"]
+    assert ladder[0]["stage"] == "teacher" and ladder[0]["top1"] == pytest.approx(report["top1_calibrated"])
+    (run / "preprocess.json").write_text(PreprocessContract(class_names=("x", "y")).to_json())
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code != 0 and "differ from the run's" in str(res.exception)
 
 
 @pytest.mark.slow

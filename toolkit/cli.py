@@ -265,11 +265,14 @@ def teacher_zeroshot(
     anchors: Annotated[Path | None, typer.Option(help="Calibrated anchors from `toolkit teacher calibrate`.")] = None,
     limit: Annotated[int, typer.Option(help="Evaluate a class-stratified subset of about this many images.")] = 0,
     openclip_config: OpenClipConfig = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Also save the teacher's logits in this run (the report's ladder starts there).")
+    ] = None,
 ) -> None:
     """The teacher's zero-shot top-1 on a dataset (template prompts, or calibrated anchors)."""
     from toolkit.teaching import run_zeroshot
 
-    r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit)
+    r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit, run)
     out.print(f"{r['teacher']}: top-1 {r['top1']:.4f} on {r['n']} images of {r['data']} ({r['anchors']})")
 
 

@@ -84,6 +84,24 @@ def _write_eval(logits: np.ndarray, dataset: Dataset, contract: PreprocessContra
     return report
 
 
+def write_teacher_eval(
+    run_dir: Path, dataset: Dataset, logits: np.ndarray, contract: PreprocessContract, info: dict[str, Any]
+) -> dict[str, Any]:
+    """The teacher's logits on ``dataset`` into RUN/eval/<data>/teacher/, where the report's ladder reads them."""
+    contract_file = run_dir / "preprocess.json"
+    if not contract_file.is_file():
+        raise ToolkitError(f"{contract_file}: missing; is {run_dir} a training run?")
+    run_classes = list(PreprocessContract.from_json(contract_file.read_text()).class_names)
+    if run_classes != list(dataset.class_names):
+        raise ToolkitError(f"{dataset.name}: classes {list(dataset.class_names)} differ from the run's {run_classes}")
+    report = _write_eval(logits, dataset, contract, run_dir / "eval" / eval_slug(dataset.name) / "teacher")
+    evaluations = read_manifest(run_dir).get("evaluations", {})
+    entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
+    entry["teacher"] = {"top1": report["top1"], **{k: info[k] for k in ("teacher", "anchors")}}
+    update_manifest(run_dir, evaluations=evaluations)
+    return report
+
+
 def evaluate_artifact(
     artifact: Artifact, dataset: Dataset, run_dir: Path, batch_size: int = 64, threads: int | None = None
 ) -> dict[str, Any]:

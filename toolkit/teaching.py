@@ -47,7 +47,7 @@ def build_teacher(spec: str, openclip_config: Path | None) -> Teacher:
 
 def run_zeroshot(
     spec: str, data: str, template: str, anchors_file: Path | None, console: Console,
-    openclip_config: Path | None = None, limit: int = 0,
+    openclip_config: Path | None = None, limit: int = 0, run_dir: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     teacher = build_teacher(spec, openclip_config)
     dataset = open_data(data, console, shots=int(np.ceil(limit / 10)) if limit else 0)
@@ -61,7 +61,15 @@ def run_zeroshot(
         source = f"template {template!r}"
     feats = features_with_progress(teacher, dataset, console, dataset.name)
     acc = top1(teacher, feats, dataset.labels, anchors)
-    return {"teacher": teacher.spec, "data": dataset.name, "n": len(dataset), "anchors": source, "top1": acc}
+    result = {"teacher": teacher.spec, "data": dataset.name, "n": len(dataset), "anchors": source, "top1": acc}
+    if run_dir is not None:  # the report's fidelity ladder starts from these logits
+        from runtime.preprocess import PreprocessContract
+        from toolkit.evaluation import write_teacher_eval
+
+        with torch.no_grad():
+            logits = teacher.zero_shot_logits(feats, anchors).numpy()
+        write_teacher_eval(run_dir, dataset, logits, PreprocessContract(class_names=tuple(names)), result)
+    return result
 
 
 def run_calibrate(
