@@ -66,8 +66,10 @@ def fidelity_ladder(run_dir: Path, dataset: str) -> list[dict[str, Any]]:
         label = "PyTorch student FP32" if key == "student" else KNOWN[key][0]
         previous = "teacher" if key == "student" else REFERENCE.get(key, "student")
         stage = {"stage": key, "label": label, "available": True, "top1": metrics["top1"]}
-        if previous in logits:
+        if previous in logits and logits[previous].shape == logits[key].shape:
             stage.update(versus=previous, **compare_logits(logits[previous], logits[key]))
+        elif previous in logits:  # e.g. the teacher evaluated on a subset (--limit)
+            stage["note"] = f"not compared with {previous}: evaluated on different image sets"
         stages.append(stage)
     return stages
 

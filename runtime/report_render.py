@@ -52,7 +52,9 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         agreement = "-" if "agreement" not in s else _pct(s["agreement"])
         kl = "-" if "kl" not in s else f"{s['kl']:.2e}"
-        ladder_rows.append([s["label"], _pct(s["top1"]), agreement, kl, labels.get(s.get("versus"), "-")])
+        ladder_rows.append(
+            [s["label"], _pct(s["top1"]), agreement, kl, labels.get(s.get("versus")) or s.get("note", "-")]
+        )
     out.append(
         (
             "Fidelity ladder",

@@ -109,6 +109,10 @@ def test_report_sections_from_run_files(tmp_path: Path) -> None:
     assert [r["p90_ms"] for r in report["latency"]] == [4.0, 2.0]
     assert report["guards"]["int8_onnxruntime"]["kept_in_float"] == ["/layer4/conv"]
     assert [s["bytes"] for s in report["sizes"]] == [4_000_000, 1_000_000]
+    # a teacher evaluated on fewer images is shown but not compared (regression: this used to raise)
+    write_eval(run / "eval" / "fake-test" / "teacher", np.eye(3)[[0, 1]], np.array([0, 1]))
+    ladder = {s["stage"]: s for s in build_report(run)["ladder"]}
+    assert ladder["teacher"]["top1"] == 1.0 and "different image sets" in ladder["student"]["note"]
 
 
 def test_render_writes_markdown_html_json_with_plots(tmp_path: Path) -> None:
