@@ -44,12 +44,13 @@ def _pick_dataset(run_dir: Path, evaluations: dict[str, Any], dataset: str | Non
     return (tests or names or [None])[0]
 
 
-def fidelity_ladder(run_dir: Path, dataset: str) -> list[dict[str, Any]]:
+def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None) -> list[dict[str, Any]]:
     """teacher -> PyTorch student -> ONNX FP32 -> each INT8 artifact: top-1, agreement and KL vs the stage before."""
     base = run_dir / "eval" / eval_slug(dataset)
     stages: list[dict[str, Any]] = []
     teacher = base / "teacher" / "logits.npy"
-    stages.append({"stage": "teacher", "label": "Teacher", "available": teacher.is_file()})
+    label = f"Teacher {teacher_name}" if teacher_name else "Teacher"
+    stages.append({"stage": "teacher", "label": label, "available": teacher.is_file()})
     if not teacher.is_file():
         stages[-1]["reason"] = TEACHER_MISSING
     logits: dict[str, np.ndarray] = {}
@@ -127,7 +128,9 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         },
         "training": {"history": history, "final": final},
         "dataset": chosen,
-        "ladder": fidelity_ladder(run_dir, chosen) if chosen else [],
+        "ladder": fidelity_ladder(run_dir, chosen, evaluations.get(chosen, {}).get("teacher", {}).get("teacher"))
+        if chosen
+        else [],
         "latency": latency_table(run_dir),
         "sizes": [{"artifact": a.key, "label": a.label, "bytes": a.bytes} for a in run_artifacts(run_dir, manifest)],
         "parity": exports.get("onnx", {}).get("parity"),
