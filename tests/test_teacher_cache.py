@@ -148,6 +148,8 @@ def test_cache_commands(setup, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert f"{math.ceil(len(dataset) / 4)} shard(s) built" in res.output
+    provenance = json.loads((tmp_path / "c" / "provenance.json").read_text())
+    assert provenance["key"]["crops"] == 2 and provenance["environment"]["packages"]["torch"]
     res = CliRunner().invoke(app, args)  # complete: nothing to do
     assert res.exit_code == 0 and "0 shard(s) built" in res.output
     res = CliRunner().invoke(app, ["cache", "verify", str(tmp_path / "c")])

@@ -110,6 +110,7 @@ def test_calibrate_and_zeroshot_commands(tiny_config: Path, tmp_path: Path) -> N
     classes = len([d for d in data.iterdir() if d.is_dir()])
     assert report["train_data"]["n"] == 3 * classes and len(report["history"]) == 2
     assert 0 <= report["top1_zero_shot"] <= 1 and 0 <= report["top1_calibrated"] <= 1
+    assert report["environment"]["packages"]["open_clip_torch"] and "git_commit" in report["environment"]
     run = tmp_path / "run"
     run.mkdir()
     classes = sorted(d.name for d in data.iterdir() if d.is_dir())

