@@ -144,3 +144,22 @@ def test_report_of_an_unevaluated_run_says_what_to_run(tmp_path: Path) -> None:
         build_report(run, "nope")
     with pytest.raises(ToolkitError, match="manifest.json: not found"):
         build_report(tmp_path)
+
+
+def test_eval_records_agreement_with_student_and_teacher(tmp_path: Path) -> None:
+    from runtime.datasets import ArrayDataset
+    from runtime.preprocess import PreprocessContract
+    from toolkit.evaluation import _write_eval
+
+    data = ArrayDataset("toy", np.zeros((4, 2, 2), np.uint8), np.array([0, 1, 1, 0]), ["a", "b"])
+    contract = PreprocessContract(class_names=("a", "b"))
+    student = np.array([[1.0, 0], [0, 1], [0, 1], [0, 1]])  # predicts a b b b
+    teacher = np.array([[0.0, 1], [0, 1], [1, 0], [0, 1]])  # predicts b b a b
+    artifact = np.array([[1.0, 0], [0, 1], [0, 1], [1, 0]])  # predicts a b b a
+    assert "agreement_with_student" not in _write_eval(student, data, contract, tmp_path)  # not with itself
+    t = _write_eval(teacher, data, contract, tmp_path, "teacher")
+    assert t["agreement_with_student"] == 0.5 and "agreement_with_teacher" not in t
+    a = _write_eval(artifact, data, contract, tmp_path, "artifacts/onnx")
+    assert (a["agreement_with_student"], a["agreement_with_teacher"]) == (0.75, 0.25)
+    saved = json.loads((tmp_path / "eval" / "toy" / "artifacts" / "onnx" / "metrics.json").read_text())
+    assert saved["agreement_with_teacher"] == 0.25

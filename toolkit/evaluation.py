@@ -65,7 +65,7 @@ def evaluate_student(
 ) -> dict[str, Any]:
     """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest."""
     logits = predict_logits(model, dataset, contract, batch_size, device)
-    report = _write_eval(logits, dataset, contract, run_dir / "eval" / eval_slug(dataset.name))
+    report = _write_eval(logits, dataset, contract, run_dir)
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.get(dataset.name, {})
     entry.update({"top1": report["top1"], "n": report["n"], **report["dataset"]})
@@ -74,9 +74,26 @@ def evaluate_student(
     return report
 
 
-def _write_eval(logits: np.ndarray, dataset: Dataset, contract: PreprocessContract, out: Path) -> dict[str, Any]:
+def _agreements(base: Path, logits: np.ndarray, out: Path) -> dict[str, float]:
+    """Top-1 agreement with the PyTorch student's and the teacher's logits on the same images, where saved."""
+    found = {}
+    for who, path in (("student", base / "logits.npy"), ("teacher", base / "teacher" / "logits.npy")):
+        if path.is_file() and path.parent != out:
+            reference = np.load(path, allow_pickle=False)
+            if reference.shape == logits.shape:
+                found[f"agreement_with_{who}"] = float((reference.argmax(1) == logits.argmax(1)).mean())
+    return found
+
+
+def _write_eval(
+    logits: np.ndarray, dataset: Dataset, contract: PreprocessContract, run_dir: Path, sub: str = ""
+) -> dict[str, Any]:
+    """RUN/eval/<data>/<sub>/: metrics.json (with agreements), confusion.csv, logits.npy."""
+    base = run_dir / "eval" / eval_slug(dataset.name)
+    out = base / sub if sub else base
     report = classification_report(dataset.labels, logits.argmax(1), list(contract.class_names))
     report["dataset"] = {"name": dataset.name, "fingerprint": dataset.fingerprint()}
+    report.update(_agreements(base, logits, out))
     write_json(out / "metrics.json", report)
     write_text(out / "confusion.csv", confusion_csv(report))
     with atomic_path(out / "logits.npy") as tmp, open(tmp, "wb") as fh:
@@ -94,7 +111,7 @@ def write_teacher_eval(
     run_classes = list(PreprocessContract.from_json(contract_file.read_text()).class_names)
     if run_classes != list(dataset.class_names):
         raise ToolkitError(f"{dataset.name}: classes {list(dataset.class_names)} differ from the run's {run_classes}")
-    report = _write_eval(logits, dataset, contract, run_dir / "eval" / eval_slug(dataset.name) / "teacher")
+    report = _write_eval(logits, dataset, contract, run_dir, "teacher")
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
     entry["teacher"] = {"top1": report["top1"], **{k: info[k] for k in ("teacher", "anchors")}}
@@ -109,19 +126,13 @@ def evaluate_artifact(
     predictions on the same images where `toolkit eval` has produced them."""
     session = open_classifier(artifact.path, threads=threads)
     logits = session.predict(dataset, batch_size)
-    out = run_dir / "eval" / eval_slug(dataset.name)
-    report = _write_eval(logits, dataset, session.contract, out / "artifacts" / artifact.key)
-    student = out / "logits.npy"
-    if student.is_file():
-        reference = np.load(student, allow_pickle=False)
-        if reference.shape == logits.shape:
-            report["agreement_with_student"] = float((reference.argmax(1) == logits.argmax(1)).mean())
-            write_json(out / "artifacts" / artifact.key / "metrics.json", report)
+    report = _write_eval(logits, dataset, session.contract, run_dir, f"artifacts/{artifact.key}")
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
     entry.setdefault("artifacts", {})[artifact.key] = {
         "top1": report["top1"],
         "agreement_with_student": report.get("agreement_with_student"),
+        "agreement_with_teacher": report.get("agreement_with_teacher"),
     }
     update_manifest(run_dir, evaluations=evaluations)
     return report
@@ -129,8 +140,9 @@ def evaluate_artifact(
 
 def format_report(report: dict[str, Any], what: str = "student (PyTorch)") -> str:
     lines = [f"{what}: top-1 {report['top1']:.4f} on {report['n']} images of {report['dataset']['name']}"]
-    if report.get("agreement_with_student") is not None:
-        lines[0] += f", top-1 agreement with the PyTorch student {report['agreement_with_student']:.4f}"
+    for who in ("student", "teacher"):
+        if report.get(f"agreement_with_{who}") is not None:
+            lines[0] += f", top-1 agreement with the {who} {report[f'agreement_with_{who}']:.4f}"
     for name, acc in report["per_class"].items():
         lines.append(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}  (n={report['support'][name]})")
     return "\n".join(lines)
