@@ -38,7 +38,8 @@ class ConSETeacher(Teacher):
         if text not in TEXT:
             raise ToolkitError(f"conse: unknown text model {text!r}; available: {', '.join(TEXT)}")
         self.spec = f"conse:{vision}+{text}"
-        self.vision = create_student(VISION[vision], 1000, pretrained=True).eval()
+        # channels_last: 1.6x faster on this CPU for the depthwise convolutions (measured, 128 images)
+        self.vision = create_student(VISION[vision], 1000, pretrained=True).eval().to(memory_format=torch.channels_last)
         self.text = MiniLMText(TEXT[text])
         self.top_t = top_t
         self.logit_scale = logit_scale
@@ -57,7 +58,7 @@ class ConSETeacher(Teacher):
         return self.text.token_embeddings(tokens), tokens
 
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        probs = self.vision(pixels).softmax(-1)
+        probs = self.vision(pixels.contiguous(memory_format=torch.channels_last)).softmax(-1)
         top = probs.topk(self.top_t, dim=-1)
         mixed = (top.values.unsqueeze(-1) * self.label_embeddings[top.indices]).sum(1)
         return F.normalize(mixed, dim=-1)
