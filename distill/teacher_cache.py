@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,7 @@ def build_cache(
                 for p in root.glob("shard-*"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
             else:
-                raise ToolkitError(f"{root}: stale cache; let rank 0 rebuild it")
+                _wait_for_key(manifest_path, spec, shard_size)
     n_shards = max(1, -(-spec.num_images // shard_size))
     manifest = {"format": FORMAT, "key": spec.to_dict(), "shard_size": shard_size, "num_shards": n_shards}
     if rank == 0 or not manifest_path.is_file():
@@ -237,6 +238,20 @@ def build_cache(
         write_json(root / f"shard-{s:05d}.json", {"start": start, "stop": stop, "files": files})
         built += 1
     return built
+
+
+def _wait_for_key(manifest_path: Path, spec: CacheSpec, shard_size: int, timeout_s: float = 600.0) -> None:
+    """Ranks other than 0 wait while rank 0 clears a stale cache and writes the new manifest."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            current = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            current = {}
+        if current.get("key") == spec.to_dict() and current.get("shard_size") == shard_size:
+            return
+        time.sleep(1.0)
+    raise ToolkitError(f"{manifest_path}: stale cache and rank 0 did not rewrite it within {timeout_s:.0f}s")
 
 
 @torch.no_grad()

@@ -120,6 +120,7 @@ def test_interrupted_build_resumes_to_the_same_cache(setup, tmp_path: Path) -> N
     with pytest.raises(ToolkitError, match="incomplete cache"):
         TeacherCache(tmp_path / "a")
     assert build(tmp_path / "a", teacher, dataset) == math.ceil(len(dataset) / 5) - 1
+    build(tmp_path / "b", teacher, dataset, crops=2)  # a stale cache: rank 1 waits for rank 0 to rewrite it
     build(tmp_path / "b", teacher, dataset, rank=0, world_size=2)
     build(tmp_path / "b", teacher, dataset, rank=1, world_size=2)  # two ranks share the shards
     build(tmp_path / "c", teacher, dataset)
@@ -154,3 +155,14 @@ def test_cache_commands(setup, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "0 shard(s) built" in res.output
     res = CliRunner().invoke(app, ["cache", "verify", str(tmp_path / "c")])
     assert res.exit_code == 0 and "OK" in res.output
+
+
+def test_other_ranks_wait_for_rank_zero_on_a_stale_cache(setup, tmp_path: Path) -> None:
+    from distill.teacher_cache import _wait_for_key
+
+    teacher, dataset, _, _ = setup
+    build(tmp_path / "c", teacher, dataset, crops=2)
+    fresh = cache_spec(teacher, dataset, 3, CropRecipe(), 0, 0, None)
+    with pytest.raises(ToolkitError, match="rank 0 did not rewrite it"):
+        _wait_for_key(tmp_path / "c" / "manifest.json", fresh, 5, timeout_s=0.2)
+    _wait_for_key(tmp_path / "c" / "manifest.json", TeacherCache(tmp_path / "c").spec, 5, timeout_s=0.2)
