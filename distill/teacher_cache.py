@@ -32,6 +32,7 @@ from runtime.atomic import write_json
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
+from runtime.preprocess import PreprocessContract
 
 FORMAT = 1
 Progress = Callable[[int], None]
@@ -265,8 +266,6 @@ def _compute_shard(
     batch_size: int,
     progress: Progress | None,
 ) -> dict[str, np.ndarray]:
-    from runtime.preprocess import PreprocessContract
-
     contract = PreprocessContract.from_dict(spec.teacher_input)
     n, m = len(indices), spec.crops
     boxes = np.zeros((n, m, 4), np.float32)

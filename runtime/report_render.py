@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +229,6 @@ def _log_ms_axis(ax: Any, formatter: Any, locator: Any) -> None:
 
 def _md_to_html(text: str) -> str:
     """The small Markdown subset ``sections`` emits (paragraphs, pipe tables, **bold**, `code`) -> HTML."""
-    import re
 
     def inline(s: str) -> str:
         s = html.escape(s)

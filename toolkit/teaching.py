@@ -18,6 +18,7 @@ from export.calibration import stratified_sample
 from runtime.atomic import write_json
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
 from runtime.sources import parse_data_arg
 from toolkit.datacheck import check_dataset
 from toolkit.rundir import PACKAGES, code_version, package_versions
@@ -72,7 +73,6 @@ def run_zeroshot(
     acc = top1(teacher, feats, dataset.labels, anchors)
     result = {"teacher": teacher.spec, "data": dataset.name, "n": len(dataset), "anchors": source, "top1": acc}
     if run_dir is not None:  # the report's fidelity ladder starts from these logits
-        from runtime.preprocess import PreprocessContract
         from toolkit.evaluation import write_teacher_eval
 
         with torch.no_grad():

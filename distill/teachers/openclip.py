@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.teachers.base import Teacher
-from runtime.errors import ToolkitError
+from runtime.errors import ToolkitError, did_you_mean
 from runtime.preprocess import PreprocessContract
 
 
@@ -33,8 +33,6 @@ class OpenCLIPTeacher(Teacher):
                 raise ToolkitError(f"{config}: OpenCLIP model config not found")
             open_clip.add_model_config(Path(config))
         if model not in open_clip.list_models():
-            from runtime.errors import did_you_mean
-
             raise ToolkitError(f"openclip: unknown model {model!r}.{did_you_mean(model, open_clip.list_models())}")
         tag = None if pretrained in (None, "", "none") else pretrained
         try:
