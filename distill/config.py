@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -78,3 +78,38 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")
+
+
+class CacheConfig(StrictModel):
+    """The teacher-output cache distillation trains from (built on first use, then reused by every run)."""
+
+    dir: str | None = Field(None, description="cache folder; default: <runs>/.teacher_cache/<key hash>")
+    crops: PositiveInt = Field(8, description="replayable crops per training image (M)")
+    scale: tuple[float, float] = Field((0.35, 1.0), description="RandomResizedCrop area range of a crop")
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+    batch_size: PositiveInt = Field(64, description="teacher batch size while building")
+
+
+class StageConfig(StrictModel):
+    """Per-stage overrides of the recipe's train section; stages run in the order listed."""
+
+    name: str
+    epochs: PositiveInt | None = None
+    optimizer: OptimizerConfig | None = None
+    schedule: ScheduleConfig | None = None
+
+
+class DistillConfig(StrictModel):
+    method: str = Field(..., description="registered method (toolkit methods)")
+    teacher: str | None = Field("conse:efficientnet_lite0+minilm", description="teacher spec (toolkit teachers)")
+    teacher_config: str | None = Field(None, description="OpenCLIP model config JSON (random-init teachers)")
+    template: str = Field("a photo of a {}.", description="prompt template for the class anchors")
+    class_names: list[str] | None = Field(None, description="if given, must equal the dataset's classes, in order")
+    anchors: str | None = Field(None, description="calibrated anchors (.safetensors); replaces the template (PSC)")
+    intermediate_teacher: str | None = Field(None, description="trained DAIT intermediate teacher; skips its stage")
+    shots: int = Field(0, ge=0, description="images per class kept from the training split (0 = all)")
+    params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's hyperparameters")
+    stages: list[StageConfig] | None = Field(None, description="default: every stage of the method, in its order")
+    cache: CacheConfig = CacheConfig()

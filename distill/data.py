@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
+from distill.crops import CropRecipe, crop_input, sample_crop
 from distill.transforms import TrainTransform
 from runtime.datasets import Dataset
+from runtime.preprocess import PreprocessContract
 
 AUGMENT_STREAM, MODEL_STREAM = 0, 1
 
@@ -55,3 +57,24 @@ class ImageTensorDataset(TorchDataset):
             return self.transform(image), label  # type: ignore[misc]
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, self.epoch, index])
         return self.augment(image, rng), label
+
+
+class FreshCropDataset(TorchDataset):
+    """(student input, label, empty teacher embedding) with a crop drawn per (seed, epoch, item) from ``recipe``:
+    the same augmentation as cached distillation, for methods that need no teacher."""
+
+    def __init__(self, dataset: Dataset, recipe: CropRecipe, contract: PreprocessContract, seed: int = 0) -> None:
+        self.dataset, self.recipe, self.contract, self.seed, self.epoch = dataset, recipe, contract, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image = self.dataset.image(index)
+        rng = np.random.default_rng([self.seed, AUGMENT_STREAM, self.epoch, index])
+        box, flip = sample_crop(rng, *image.size, self.recipe)
+        x = torch.from_numpy(crop_input(image, box, flip, self.contract))
+        return x, int(self.dataset.labels[index]), torch.zeros(0)

@@ -144,6 +144,11 @@ class TeacherCache:
         arrays = self._shard(s)
         return arrays["boxes"][j, crop], bool(arrays["flips"][j, crop]), arrays["embeddings"][j, crop]
 
+    def embeddings(self) -> np.ndarray:
+        """Every stored embedding, (N, M, D) float32 (PAND's PSC trains on them)."""
+        n_shards = int(self.manifest["num_shards"])
+        return np.concatenate([self._shard(s)["embeddings"] for s in range(n_shards)]).astype(np.float32)
+
     def topk(self, index: int, crop: int) -> tuple[np.ndarray, np.ndarray, float]:
         if not self.spec.topk:
             raise ToolkitError(f"{self.root}: built without top-K logits (--topk)")

@@ -76,6 +76,57 @@ def train(
         console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s)")
 
 
+@app.command()
+def distill(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a distill section (see recipes/).")],
+    set_: SetOption = None,
+    method: Annotated[str | None, typer.Option(help="Override distill.method (toolkit methods).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override seed.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
+) -> None:
+    """Run every stage of the recipe's distillation method; builds or reuses the teacher-output cache."""
+    from toolkit.distilling import run_distill
+    from toolkit.recipe import load_recipe
+
+    overrides = _overrides(set_, **{"distill.method": method, "train.epochs": epochs, "seed": seed})
+    r = load_recipe(recipe, overrides)
+    run_dir = out_dir or _default_run_dir(r.name)
+    t0 = time.perf_counter()
+    metrics = run_distill(r, run_dir, force=force, console=console)
+    test = f", test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else ""
+    console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s{test})")
+
+
+@app.command()
+def methods(
+    name: Annotated[str | None, typer.Argument(help="A method: print its stages, losses and hyperparameters.")] = None,
+) -> None:
+    """List distillation methods, one line each; with a name, its stages (what trains, what is frozen, losses)."""
+    from distill.methods.registry import get_method, list_methods
+
+    if name is None:
+        table = Table()
+        for col in ("method", "stages", "summary"):
+            table.add_column(col, no_wrap=col != "summary")
+        for m in map(get_method, list_methods()):
+            table.add_row(m.name, " -> ".join(m.stage_names), m.summary)
+        out.print(table)
+        return
+    m = get_method(name)
+    out.print(f"{m.name}: {m.summary} [{m.paper}]")
+    for s in m.stages:
+        out.print(f"  stage {s.name} ({s.kind}): {s.description}")
+        out.print(f"    trains: {', '.join(s.trains)}")
+        out.print(f"    frozen: {', '.join(s.frozen) or '-'}")
+        for t in s.losses:
+            out.print(f"    loss {t.name} x {t.weight}: {t.description}")
+        if s.requires:
+            out.print(f"    requires: {', '.join(s.requires)}")
+    out.print(f"  params (override with distill.params.<name>): {m.params}")
+
+
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="A training run directory.")],

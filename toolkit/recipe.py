@@ -16,7 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
 
-from distill.config import StrictModel, StudentConfig, TrainConfig
+from distill.config import DistillConfig, StrictModel, StudentConfig, TrainConfig
+from distill.methods.plan import plan_distillation
 from distill.students import student_input_stats
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.preprocess import PreprocessContract
@@ -60,6 +61,7 @@ class Recipe(StrictModel):
     preprocess: PreprocessConfig = PreprocessConfig()
     student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()
+    distill: DistillConfig | None = Field(None, description="distillation method, teacher and cache (toolkit distill)")
 
     @field_validator("name")
     @classmethod
@@ -193,6 +195,11 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise ToolkitError(format_validation_error(exc, source)) from None
+    if recipe.distill is not None:
+        try:
+            plan_distillation(recipe.distill)
+        except ToolkitError as exc:
+            raise ToolkitError(f"{source}: {exc}") from None
     return recipe.resolved()
 
 

@@ -83,7 +83,11 @@ def calibrate(
     config: CoOpConfig,
     progress: Progress | None = None,
 ) -> CoOpResult:
-    """Learn the shared context on (feats, labels); returns the context and the calibrated anchors."""
+    """Learn the shared context on (feats, labels); returns the context and the calibrated anchors.
+
+    ``feats`` is (N, D), one feature per image, or (N, M, D), M cached crops per image: each epoch then uses
+    one randomly drawn crop of every image (training on augmented crops costs only text-tower passes).
+    """
     if len(feats) != len(labels) or not len(feats):
         raise ToolkitError(f"CoOp needs one label per image feature, got {len(feats)} features, {len(labels)} labels")
     gen = torch.Generator().manual_seed(config.seed)
@@ -97,11 +101,14 @@ def calibrate(
     history = []
     for epoch in range(config.epochs):
         order = torch.randperm(len(feats), generator=gen)
+        view = feats
+        if feats.ndim == 3:
+            view = feats[torch.arange(len(feats)), torch.randint(0, feats.shape[1], (len(feats),), generator=gen)]
         loss_sum = correct = 0.0
         for start in range(0, len(feats), config.batch_size):
             idx = order[start : start + config.batch_size]
             anchors = teacher.encode_with_context(context, tokens)
-            logits = teacher.logit_scale * feats[idx] @ anchors.T
+            logits = teacher.logit_scale * view[idx] @ anchors.T
             loss = F.cross_entropy(logits, y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

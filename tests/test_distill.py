@@ -1,0 +1,206 @@
+"""`toolkit distill` and the method registry: every method end to end (2 steps, tiny teacher), the
+objectives' wiring, and recipe errors caught before any training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY_CLIP_SPEC, write_image_folder, write_tiny_clip_config
+from typer.testing import CliRunner
+
+from distill.config import DistillConfig
+from distill.losses.kd import kd_loss
+from distill.losses.nsd import nsd_sample_neighbors
+from distill.losses.vl2lite import vl2lite_loss
+from distill.methods.plan import plan_distillation
+from distill.methods.registry import get_method, list_methods
+from distill.objectives import BaseLossObjective, DaitStudent, split_forward
+from distill.students import create_student
+from distill.weights import load_state_dict
+from runtime.errors import ToolkitError
+from toolkit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("distill")
+    return {
+        "tmp": tmp,
+        "config": write_tiny_clip_config(tmp),
+        "data": write_image_folder(tmp / "train", per_class=6, size=20),
+        "test": write_image_folder(tmp / "test", per_class=2, seed=1, size=20),
+    }
+
+
+def distill_recipe(ws: dict[str, Path], path: Path, method: str, **distill: object) -> Path:
+    recipe = {
+        "name": "tiny_distill",
+        "seed": 0,
+        "data": {
+            "train": {"kind": "imagefolder", "path": str(ws["data"])},
+            "test": {"kind": "imagefolder", "path": str(ws["test"])},
+            "val_fraction": 0.25,
+        },
+        "preprocess": {"input_size": 16, "resize_size": 16},
+        "student": {"name": "resnet18"},
+        "train": {"epochs": 1, "batch_size": 8, "eval_batch_size": 32, "optimizer": {"name": "adamw", "lr": 1e-3}},
+        "distill": {
+            "method": method,
+            "teacher": TINY_CLIP_SPEC,
+            "teacher_config": str(ws["config"]),
+            "template": "a photo of a {} square.",
+            "cache": {"crops": 2, "dir": str(ws["tmp"] / "cache")},
+            **distill,
+        },
+    }
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def _params_for(method: str) -> dict:
+    return {"pand": {"coop_epochs": 1, "coop_n_ctx": 2}, "dait_f": {"it_pretrained": False, "it_model": "resnet18"},
+            "dait_l": {"it_pretrained": False, "it_model": "resnet18"}}.get(method, {})  # fmt: skip
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_runs_end_to_end(workspace, tmp_path: Path, method: str) -> None:
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", method, params=_params_for(method))
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == method and 0.0 <= metrics["test_top1"] <= 1.0
+    assert list(metrics["stages"]) == get_method(method).stage_names
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} == set(get_method(method).stage_names)
+    student_rows = [r for r in rows if r["stage"] == "student"]
+    assert all("val_top1" in r and r["train_loss"] == r["train_loss"] for r in student_rows)
+    # Only the student is saved as the student: no alignment MLP, adapter or teacher tensor in it.
+    state = load_state_dict(out / "student.safetensors")
+    assert state.keys() == create_student("resnet18", 4).state_dict().keys()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["name"] == method and manifest["status"] == "trained"
+    if method == "pand":
+        assert (out / "anchors.safetensors").is_file()
+    if method.startswith("dait"):
+        assert (out / "intermediate_teacher.safetensors").is_file()
+    # `toolkit eval` and export read a distilled run like a trained one.
+    assert runner.invoke(app, ["eval", str(out), "--data", str(workspace["test"])]).exit_code == 0
+
+
+def test_a_later_run_reuses_the_cache_and_a_trained_intermediate_teacher(workspace, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    recipe = distill_recipe(workspace, tmp_path / "a.yaml", "dait_f", params=_params_for("dait_f"))
+    assert runner.invoke(app, ["distill", str(recipe), "--out", str(first)]).exit_code == 0
+    it = first / "intermediate_teacher.safetensors"
+    recipe = distill_recipe(workspace, tmp_path / "b.yaml", "dait_l", params=_params_for("dait_l"),
+                            intermediate_teacher=str(it), stages=[{"name": "student"}])  # fmt: skip
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(tmp_path / "second")])
+    assert res.exit_code == 0, res.output
+    assert "teacher cache: reusing" in res.output
+    assert list(json.loads((tmp_path / "second" / "metrics.json").read_text())["stages"]) == ["student"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"method": "pnad"}, 'distill.method: unknown method \'pnad\'. Did you mean "pand"?'),
+        ({"teacher": "openclp:ViT-B-32/openai"}, "distill.teacher: unknown teacher"),
+        ({"params": {"nsd_lamda": 0.5}}, 'distill.params.nsd_lamda: not a hyperparameter of \'pand\'.'),
+        ({"params": {"nsd_k": 2.5}}, "distill.params.nsd_k: expected a whole number"),
+        ({"params": {"nsd_mode": "margin"}}, "distill.params.nsd_mode: 'margin' is not one of"),
+        ({"stages": [{"name": "student"}, {"name": "psc"}]}, "order ['student', 'psc'] is inconsistent"),
+        ({"stages": [{"name": "student"}]}, "stage 'student' needs the output of stage 'psc'"),
+        ({"stages": [{"name": "psk"}, {"name": "student"}]}, "distill.stages[0].name: 'pand' has no stage 'psk'"),
+        ({"stages": [{"name": "psc"}]}, "must end with 'student'"),
+    ],
+)  # fmt: skip
+def test_bad_recipes_fail_before_training_naming_the_key(workspace, tmp_path: Path, change, expected) -> None:
+    change = dict(change)
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", change.pop("method", "pand"), **change)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(out)])
+    assert res.exit_code != 0 and isinstance(res.exception, ToolkitError)
+    assert expected in str(res.exception) and str(recipe) in str(res.exception)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe_change", "expected"),
+    [
+        ({"class_names": ["red", "green", "blue", "purple"]}, "distill.class_names"),
+        ({"class_names": ["red"]}, "1 vs 4 classes"),
+    ],
+)
+def test_class_names_must_match_the_dataset(workspace, tmp_path: Path, recipe_change, expected) -> None:
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", "kd", **recipe_change)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(out)])
+    assert isinstance(res.exception, ToolkitError) and expected in str(res.exception)
+    assert not out.exists()
+
+
+def test_unknown_student_fails_before_training(workspace, tmp_path: Path) -> None:
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", "kd")
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(tmp_path / "run"), "--set", "student.name=resnet1"])
+    assert isinstance(res.exception, ToolkitError) and "student.name 'resnet1'" in str(res.exception)
+    assert not (tmp_path / "run").exists()
+
+
+def test_supplying_an_output_and_running_its_stage_is_refused() -> None:
+    cfg = DistillConfig(method="pand", anchors="a.safetensors")
+    with pytest.raises(ToolkitError, match="distill.anchors is given but stage 'psc'"):
+        plan_distillation(cfg)
+    assert plan_distillation(DistillConfig(method="pand", anchors="a.safetensors", stages=[{"name": "student"}]))
+
+
+def test_methods_command_lists_every_method_and_describes_stages() -> None:
+    res = runner.invoke(app, ["methods"])
+    assert res.exit_code == 0
+    for name in list_methods():
+        assert name in res.output
+    res = runner.invoke(app, ["methods", "dait_f"])
+    assert res.exit_code == 0 and "stage intermediate" in res.output and "1x1 conv adapter" in res.output
+    res = runner.invoke(app, ["methods", "dait"])
+    assert isinstance(res.exception, ToolkitError) and "Did you mean" in str(res.exception)
+
+
+def test_base_objective_is_the_base_loss_plus_weighted_nsd() -> None:
+    torch.manual_seed(0)
+    net = create_student("resnet18", 5)
+    anchors = torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
+    params = {**get_method("pand").params, "nsd_lambda": 0.5}
+    obj = BaseLossObjective(net, epochs=10, anchors=anchors, params=params).eval()
+    x, y, emb = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0]), torch.randn(6, 12)
+    out = obj(x, y, emb, epoch=4)
+    _, pooled, logits = split_forward(net, x)
+    base = vl2lite_loss(pooled, logits, y, emb, anchors, obj.phi_image(emb), obj.phi_text(anchors), 4 / 80,
+                        reduction="pand")  # fmt: skip
+    nsd = nsd_sample_neighbors(params["nsd_scale"] * torch.nn.functional.normalize(emb, dim=-1) @ anchors.T, logits)
+    torch.testing.assert_close(out.total, base.total + 0.5 * nsd)
+
+
+def test_dait_student_keeps_the_intermediate_teacher_frozen() -> None:
+    torch.manual_seed(0)
+    student, it = create_student("resnet18", 3), create_student("mobilenetv2_100", 3)
+    before = {k: v.clone() for k, v in it.state_dict().items()}
+    for variant in ("features", "logits"):
+        obj = DaitStudent(student, 4, it, variant, get_method("dait_f").params).train()
+        assert not it.training and not any(p.requires_grad for p in it.parameters())
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+        out = obj(x, y, torch.zeros(4, 0), epoch=0)  # alpha(0) = 0: only the matching term
+        if variant == "logits":
+            with torch.no_grad():
+                expected = kd_loss(student(x), it(x), 2.0)
+            torch.testing.assert_close(out.terms["kd"], expected, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.total, out.terms["kd"])
+        out.total.backward()
+        torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.1).step()
+    for k, v in it.state_dict().items():
+        assert torch.equal(v, before[k]), k
