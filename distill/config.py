@@ -107,6 +107,7 @@ class DistillConfig(StrictModel):
     teacher_config: str | None = Field(None, description="OpenCLIP model config JSON (random-init teachers)")
     template: str = Field("a photo of a {}.", description="prompt template for the class anchors")
     class_names: list[str] | None = Field(None, description="if given, must equal the dataset's classes, in order")
+    prompt_names: bool = Field(True, description="'001.Black_footed_Albatross' -> 'Black footed Albatross' in prompts")
     anchors: str | None = Field(None, description="calibrated anchors (.safetensors); replaces the template (PSC)")
     intermediate_teacher: str | None = Field(None, description="trained DAIT intermediate teacher; skips its stage")
     shots: int = Field(0, ge=0, description="images per class kept from the training split (0 = all)")

@@ -127,8 +127,10 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(("Export decisions", "\n\n".join(body) or "Not exported yet: run `toolkit export RUN --int8`."))
     hist = report["training"]["history"]
     if hist:
+        staged = any("stage" in h for h in hist)  # `toolkit distill` runs: one row per epoch of each stage
         rows = [
-            [
+            [h.get("stage", "")] * staged
+            + [
                 str(h["epoch"]),
                 f"{h.get('train_loss', float('nan')):.4f}",
                 _pct(h.get("val_top1")),
@@ -136,7 +138,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             ]
             for h in hist
         ]
-        out.append(("Training", _table(["epoch", "train loss", "val top-1", "lr"], rows)))
+        out.append(("Training", _table(["stage"] * staged + ["epoch", "train loss", "val top-1", "lr"], rows)))
     envs = report["environments"]
     if envs:
         env = next(iter(envs.values()))
@@ -202,13 +204,14 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
     hist = report["training"]["history"]
     if hist:
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        epochs = [h["epoch"] for h in hist]
+        epochs = list(range(1, len(hist) + 1))  # consecutive across the stages of a distillation run
         ax.plot(epochs, [h.get("train_loss") for h in hist], "o-", label="train loss")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (all stages, in order)" if any("stage" in h for h in hist) else "epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("train loss")
         ax2 = ax.twinx()
-        ax2.plot(epochs, [100 * h["val_top1"] for h in hist if "val_top1" in h], "s-", color="tab:orange",
+        with_val = [(x, h["val_top1"]) for x, h in zip(epochs, hist) if "val_top1" in h]
+        ax2.plot([x for x, _ in with_val], [100 * v for _, v in with_val], "s-", color="tab:orange",
                  label="val top-1")  # fmt: skip
         ax2.set_ylabel("val top-1 (%)")
         ax.set_title("Training")

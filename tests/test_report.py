@@ -163,3 +163,17 @@ def test_eval_records_agreement_with_student_and_teacher(tmp_path: Path) -> None
     assert (a["agreement_with_student"], a["agreement_with_teacher"]) == (0.75, 0.25)
     saved = json.loads((tmp_path / "eval" / "toy" / "artifacts" / "onnx" / "metrics.json").read_text())
     assert saved["agreement_with_teacher"] == 0.25
+
+
+def test_report_of_a_distillation_run_with_stages_and_no_validation(tmp_path: Path) -> None:
+    """Regression: rows without val_top1 (val_fraction 0) made the training plot fail (x and y lengths differ)."""
+    run = fake_run(tmp_path)
+    rows = [{"stage": "psc", "epoch": 1, "train_loss": 2.0, "train_top1": 0.3}]
+    rows += [{"stage": "student", "epoch": e, "train_loss": 1 / e, "lr": 0.01} for e in (1, 2)]
+    rows[-1]["val_top1"] = 0.7
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    assert "| stage | epoch | train loss | val top-1 | lr |" in md and "| psc | 1 | 2.0000 | - |" in md
+    assert (run / "report_files" / "training_curves.png").is_file()

@@ -34,7 +34,7 @@ from distill.precision import resolve_precision
 from distill.stage_loop import train_stage
 from distill.students import create_student
 from distill.teacher_cache import CachedCropDataset, TeacherCache, build_cache, cache_spec
-from distill.teachers.base import Teacher
+from distill.teachers.base import Teacher, prompt_name
 from distill.teachers.coop import CoOpConfig, calibrate, load_anchors, save_anchors
 from distill.trainer import write_metrics
 from distill.weights import load_state_dict, save_state_dict
@@ -208,9 +208,10 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
     else:
         c = cfg.cache
         data = FreshCropDataset(train_set, CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip), contract, c.seed)
+    prompts = [prompt_name(n) for n in names] if cfg.prompt_names else names
     if anchors is None and teacher is not None:
         with torch.no_grad():
-            anchors = teacher.class_anchors(names, cfg.template)
+            anchors = teacher.class_anchors(prompts, cfg.template)
 
     history: list[dict[str, Any]] = []
     stage_results: dict[str, Any] = {}
@@ -220,8 +221,8 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
         stage = planned.stage
         t0 = time.perf_counter()
         if stage.kind == "psc":
-            anchors, info = _run_psc(plan, teacher, cache, train_set, names, cfg.template, anchors, planned, recipe,
-                                     run_dir, console)  # fmt: skip
+            anchors, info = _run_psc(plan, teacher, cache, train_set, names, prompts, cfg.template, anchors, planned,
+                                     recipe, run_dir, console)  # fmt: skip
             history.extend(info.pop("rows"))
         elif stage.kind == "intermediate":
             it, info = _run_intermediate(plan, cache, anchors, planned, recipe, names, data, device, precision,
@@ -273,7 +274,7 @@ def _logging(selector: _Selector, console: Console):
     return hook
 
 
-def _run_psc(plan, teacher, cache, train_set, names, template, anchors, planned, recipe, run_dir, console):
+def _run_psc(plan, teacher, cache, train_set, names, prompts, template, anchors, planned, recipe, run_dir, console):
     p = plan.params
     epochs = planned.overrides.epochs or int(p["coop_epochs"])
     coop = CoOpConfig(n_ctx=int(p["coop_n_ctx"]), epochs=epochs, lr=float(p["coop_lr"]),
@@ -286,7 +287,7 @@ def _run_psc(plan, teacher, cache, train_set, names, template, anchors, planned,
     with Progress(TextColumn("psc (CoOp)"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                   transient=True) as progress:  # fmt: skip
         task = progress.add_task("epochs", total=coop.epochs)
-        result = calibrate(teacher, feats, train_set.labels, names, template, coop,
+        result = calibrate(teacher, feats, train_set.labels, prompts, template, coop,
                            lambda done, _: progress.update(task, completed=done))  # fmt: skip
     after = top1(teacher, center, train_set.labels, result.anchors)
     provenance = {"teacher": teacher.spec, "template": template, "class_names": names,

@@ -7,6 +7,7 @@ a text forward pass from token embeddings, so learned context vectors can replac
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 import torch
@@ -24,6 +25,11 @@ def fill_template(template: str, class_name: str) -> str:
     if template.count("{}") != 1:
         raise ToolkitError(f"prompt template {template!r} must contain exactly one '{{}}' for the class name")
     return template.replace("{}", class_name)
+
+
+def prompt_name(class_name: str) -> str:
+    """A folder-style class name as prompt text: '001.Black_footed_Albatross' -> 'Black footed Albatross'."""
+    return re.sub(r"^\d+\.", "", class_name).replace("_", " ").strip() or class_name
 
 
 class Teacher(nn.Module, ABC):
