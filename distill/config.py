@@ -114,3 +114,6 @@ class DistillConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's hyperparameters")
     stages: list[StageConfig] | None = Field(None, description="default: every stage of the method, in its order")
     cache: CacheConfig = CacheConfig()
+    teacher_eval_images: int = Field(
+        0, ge=0, description="toolkit run: the teacher's test top-1 on a class-stratified subset of N images (0 = all)"
+    )

@@ -123,7 +123,7 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
             "name": config.get("name", run_dir.name),
             "directory": str(run_dir),
             "student": (config.get("student") or {}).get("name"),
-            "method": config.get("method", "cross-entropy (no KD)"),
+            "method": (config.get("distill") or {}).get("method") or "cross-entropy (no KD)",
             "input_size": (config.get("preprocess") or {}).get("input_size"),
         },
         "training": {"history": history, "final": final},

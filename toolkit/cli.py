@@ -99,6 +99,36 @@ def distill(
     console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s{test})")
 
 
+@app.command("run")
+def run_(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (distill or train, export, bench sections).")],
+    set_: SetOption = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    force: Annotated[bool, typer.Option(help="Start over: delete the run directory first.")] = False,
+) -> None:
+    """Distill -> export (INT8, guarded) -> eval -> bench -> report in one run directory; a rerun skips every
+    step whose inputs and outputs are unchanged (pipeline.json), so it continues where a crash stopped it."""
+    from toolkit.pipeline import run_pipeline
+    from toolkit.recipe import load_recipe
+
+    r = load_recipe(recipe, set_)
+    run_dir = out_dir or _default_run_dir(r.name)
+    _print_headline(run_pipeline(r, run_dir, console, force=force))
+
+
+def _print_headline(h: dict) -> None:
+    parts = [f"finished in {h['seconds']:.0f}s"]
+    if h["teacher_top1"] is not None:
+        parts.append(f"teacher top-1 {h['teacher_top1']:.4f}")
+    parts.append(f"student top-1 {h['student_top1']:.4f}")
+    if h["int8"]:
+        parts.append(f"{h['int8']['artifact']} top-1 {h['int8']['top1']:.4f}")
+    if h["fastest_p90"]:
+        p90, artifact, target = h["fastest_p90"]
+        parts.append(f"fastest batch-1 p90 {p90:.2f} ms ({artifact} on {target})")
+    out.print("; ".join(parts) + f". Report: {h['report']}")
+
+
 @app.command()
 def methods(
     name: Annotated[str | None, typer.Argument(help="A method: print its stages, losses and hyperparameters.")] = None,
@@ -148,23 +178,10 @@ def eval_(
 ) -> None:
     """Top-1, per-class accuracy, confusion matrix and logits of a run's student or exported artifacts,
     each through its own preprocessing, written to RUN/eval/<data>/ (artifacts under artifacts/<name>/)."""
-    from runtime.artifacts import find_artifact, run_artifacts
-    from runtime.sources import align_classes, parse_data_arg
-    from toolkit.datacheck import check_dataset
-    from toolkit.evaluation import evaluate_artifact, evaluate_student, format_report, load_run_student
+    from toolkit.evaluation import evaluate_run
 
-    model, contract, _ = load_run_student(run)
-    keys = ["student", *(a.key for a in run_artifacts(run))] if "all" in artifact else list(dict.fromkeys(artifact))
-    chosen = [None if k == "student" else find_artifact(run, k) for k in keys]
-    dataset = align_classes(
-        parse_data_arg(data, max_pixels).open(list(contract.class_names)), list(contract.class_names)
-    )
-    dataset, _ = check_dataset(dataset, on_bad_image, console)
-    for a in chosen:
-        if a is None:
-            out.print(format_report(evaluate_student(model, dataset, contract, run, batch_size)))
-        else:
-            out.print(format_report(evaluate_artifact(a, dataset, run, batch_size), a.label).split("\n")[0])
+    for line in evaluate_run(run, data, artifact, batch_size, console, max_pixels, on_bad_image):
+        out.print(line)
 
 
 @app.command("export")
@@ -437,21 +454,16 @@ def recipe(
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
     set_: SetOption = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an earlier demo run.")] = True,
+    force: Annotated[bool, typer.Option(help="Start the demo over instead of continuing an earlier one.")] = False,
 ) -> None:
-    """Offline demo on this CPU: ResNet-18 on real Fashion-MNIST, evaluated on the official test set."""
+    """Offline demo on this CPU: the ConSE teacher calibrated with PSC, PAND into a ResNet-18 on real
+    Fashion-MNIST (30 images per class), INT8 for this CPU, bench, report (toolkit run on the embedded recipe)."""
+    from toolkit.pipeline import run_pipeline
     from toolkit.recipe import load_recipe
-    from toolkit.training import run_train
 
     with resources.as_file(resources.files("toolkit") / "recipes" / "demo.yaml") as path:
         r = load_recipe(path, set_)
-    t0 = time.perf_counter()
-    metrics = run_train(r, out_dir, force=force, console=console)
-    out.print(
-        f"demo finished in {time.perf_counter() - t0:.0f}s: val top-1 {metrics['best_val_top1']:.4f}, "
-        f"test top-1 {metrics.get('test_top1', float('nan')):.4f} (Fashion-MNIST, 10,000 official test images). "
-        f"Run directory: {out_dir}"
-    )
+    _print_headline(run_pipeline(r, out_dir, console, force=force))
 
 
 @app.command()

@@ -38,18 +38,16 @@ from distill.teachers.base import Teacher, prompt_name
 from distill.teachers.coop import CoOpConfig, calibrate, load_anchors, save_anchors
 from distill.trainer import write_metrics
 from distill.weights import load_state_dict, save_state_dict
-from export.calibration import stratified_sample
 from runtime.atomic import write_json, write_text
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.sources import align_classes
-from runtime.split import stratified_split
-from toolkit.datacheck import check_dataset
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
+from toolkit.splits import recipe_splits
 from toolkit.teaching import build_teacher
-from toolkit.training import STUDENT_FORMAT, _diff_keys
+from toolkit.training import STUDENT_FORMAT
 
 IT_FORMAT = "edge-distill-intermediate-teacher/1"
 
@@ -152,19 +150,16 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
 
     # ---- everything checked before the run directory is touched
     data_cfg = recipe.data
-    full, bad = check_dataset(data_cfg.train.to_source(data_cfg.max_pixels).open(), data_cfg.on_bad_image, console)
+    splits = recipe_splits(recipe, console)
+    full, bad, train_set, val_set = splits.full, splits.bad_images, splits.train, splits.val
     names = list(full.class_names)
     if cfg.class_names is not None and list(cfg.class_names) != names:
-        diff = _diff_keys(list(cfg.class_names), names) if len(cfg.class_names) == len(names) else []
+        diff = [f"#{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(cfg.class_names, names)) if a != b]
         raise ToolkitError(
             f"distill.class_names {list(cfg.class_names)} do not match the dataset's classes {names}"
-            + (f" ({', '.join(diff[:4])})" if diff else f" ({len(cfg.class_names)} vs {len(names)} classes)")
+            + (f" ({len(cfg.class_names)} vs {len(names)} classes)" if len(cfg.class_names) != len(names) else "")
+            + (f"; first differences {', '.join(diff[:4])}" if diff else "")
         )
-    train_idx, val_idx = stratified_split(full.labels, data_cfg.val_fraction, recipe.seed)
-    train_set = full.subset(train_idx)
-    if cfg.shots:
-        train_set = train_set.subset(stratified_sample(train_set.labels, cfg.shots * len(names), recipe.seed))
-    val_set = full.subset(val_idx) if len(val_idx) else None
     contract = recipe.contract(names)
     test = None
     if data_cfg.test is not None:
@@ -196,7 +191,7 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
         data={"train": {"name": full.name, "fingerprint": full.fingerprint(), "n": len(full), "classes": names},
               "distill_train": {"n": len(train_set), "shots_per_class": cfg.shots or None,
                                 "fingerprint": train_set.fingerprint()},
-              "val_n": len(val_idx)},
+              "val_n": len(val_set) if val_set is not None else 0},
     )  # fmt: skip
 
     cache = _open_cache(teacher, train_set, cfg, run_dir, console) if teacher is not None else None

@@ -146,3 +146,27 @@ def format_report(report: dict[str, Any], what: str = "student (PyTorch)") -> st
     for name, acc in report["per_class"].items():
         lines.append(f"  {name:<20} {'-' if acc is None else f'{acc:.4f}'}  (n={report['support'][name]})")
     return "\n".join(lines)
+
+
+def evaluate_run(
+    run: Path, data: str, keys: list[str], batch_size: int, console: Any,
+    max_pixels: int = 64_000_000, on_bad_image: str = "error",
+) -> list[str]:  # fmt: skip
+    """`toolkit eval`: the student and/or artifacts (``keys``; "all" = every one) on ``data``; one summary each."""
+    from runtime.artifacts import find_artifact, run_artifacts
+    from runtime.sources import align_classes, parse_data_arg
+    from toolkit.datacheck import check_dataset
+
+    model, contract, _ = load_run_student(run)
+    keys = ["student", *(a.key for a in run_artifacts(run))] if "all" in keys else list(dict.fromkeys(keys))
+    chosen = [None if k == "student" else find_artifact(run, k) for k in keys]
+    names = list(contract.class_names)
+    dataset = align_classes(parse_data_arg(data, max_pixels).open(names), names)
+    dataset, _ = check_dataset(dataset, on_bad_image, console)
+    lines = []
+    for a in chosen:
+        if a is None:
+            lines.append(format_report(evaluate_student(model, dataset, contract, run, batch_size)))
+        else:
+            lines.append(format_report(evaluate_artifact(a, dataset, run, batch_size), a.label).split("\n")[0])
+    return lines

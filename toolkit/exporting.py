@@ -20,11 +20,10 @@ from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.hashing import sha256_file
 from runtime.preprocess import PreprocessContract
-from runtime.split import stratified_split
-from toolkit.datacheck import check_dataset
 from toolkit.evaluation import load_run_student
 from toolkit.recipe import Recipe
 from toolkit.rundir import read_manifest, update_manifest
+from toolkit.splits import recipe_splits
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 INT8_FILES = {
@@ -36,13 +35,14 @@ OPENVINO_FP32 = "model.openvino/model.xml"
 
 
 def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
-    """The run's own training and held-out validation splits, rebuilt from its resolved config."""
-    data = recipe.data
-    full, _ = check_dataset(data.train.to_source(data.max_pixels).open(), data.on_bad_image, console)
-    train_idx, val_idx = stratified_split(full.labels, data.val_fraction, recipe.seed)
-    if not len(val_idx):
-        raise ToolkitError("the run has no validation split (data.val_fraction: 0): nothing held out to check on")
-    return full.subset(train_idx), full.subset(val_idx)
+    """The run's own training split (few-shot subset for few-shot distillation) and held-out validation split."""
+    splits = recipe_splits(recipe, console)
+    if splits.val is None:
+        raise ToolkitError(
+            "the run has no validation split (data.val_fraction: 0): nothing held out to check the export on; "
+            "set data.val_fraction (e.g. 0.02) in the recipe"
+        )
+    return splits.train, splits.val
 
 
 def _file_entry(path: Path) -> dict[str, Any]:

@@ -54,6 +54,27 @@ class PreprocessConfig(StrictModel):
     channel_order: Literal["RGB", "BGR"] = "RGB"
 
 
+class ExportStepConfig(StrictModel):
+    """What `toolkit run` exports (the `toolkit export` options)."""
+
+    int8: bool = True
+    backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
+    calib_size: PositiveInt = 256
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    tolerance: float = Field(0.5, ge=0.0, description="largest accepted INT8 top-1 drop, in points")
+    held_out_images: PositiveInt = 2000
+
+
+class BenchStepConfig(StrictModel):
+    """What `toolkit run` benchmarks (the `toolkit bench` options)."""
+
+    targets: list[str] = ["ort-cpu-1t"]
+    min_duration: float = Field(3.0, gt=0.0)
+    min_queries: PositiveInt = 50
+    warmup: int = Field(10, ge=0)
+    max_duration: float = Field(60.0, gt=0.0)
+
+
 class Recipe(StrictModel):
     name: str = Field(..., description="run name: the run directory is runs/<name> unless --out is given")
     seed: int = 0
@@ -62,6 +83,8 @@ class Recipe(StrictModel):
     student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = Field(None, description="distillation method, teacher and cache (toolkit distill)")
+    export: ExportStepConfig = ExportStepConfig()
+    bench: BenchStepConfig = BenchStepConfig()
 
     @field_validator("name")
     @classmethod

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,7 +59,9 @@ def run_zeroshot(
     openclip_config: Path | None = None, limit: int = 0, run_dir: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     teacher = build_teacher(spec, openclip_config)
-    dataset = open_data(data, console, shots=int(np.ceil(limit / 10)) if limit else 0)
+    dataset = open_data(data, console)
+    if limit:
+        dataset = dataset.subset(stratified_sample(dataset.labels, limit, 0))
     names = list(dataset.class_names)
     if anchors_file:
         anchors, meta = load_anchors(anchors_file, teacher.spec, names)

@@ -1,0 +1,34 @@
+"""A recipe's data splits, rebuilt identically by every step: train / held-out validation, and the few-shot
+subset of train that distillation uses (so export calibrates on the images the student was trained on)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from export.calibration import stratified_sample
+from runtime.datasets import Dataset
+from runtime.split import stratified_split
+from toolkit.datacheck import check_dataset
+from toolkit.recipe import Recipe
+
+
+@dataclass
+class Splits:
+    full: Dataset
+    bad_images: dict[str, Any]
+    train: Dataset
+    val: Dataset | None
+
+
+def recipe_splits(recipe: Recipe, console: Console) -> Splits:
+    data = recipe.data
+    full, bad = check_dataset(data.train.to_source(data.max_pixels).open(), data.on_bad_image, console)
+    train_idx, val_idx = stratified_split(full.labels, data.val_fraction, recipe.seed)
+    train = full.subset(train_idx)
+    shots = recipe.distill.shots if recipe.distill is not None else 0
+    if shots:
+        train = train.subset(stratified_sample(train.labels, shots * len(full.class_names), recipe.seed))
+    return Splits(full, bad, train, full.subset(val_idx) if len(val_idx) else None)
