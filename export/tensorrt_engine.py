@@ -41,6 +41,18 @@ def profile_shapes(contract: PreprocessContract, opt_batch: int, max_batch: int)
     return (1, 3, h, w), (opt_batch, 3, h, w), (max_batch, 3, h, w)
 
 
+def engine_sidecar(contract: PreprocessContract, input_name: str, output_name: str, max_batch: int) -> dict[str, Any]:
+    """What an engine does not say about itself: preprocessing, class names, I/O names and shapes (-1 = batch),
+    and the largest batch of its optimisation profile (the runtime session and `toolkit deploy triton` read it)."""
+    h, w = contract.input_size
+    return {
+        "preprocess": contract.to_dict(),
+        "input": {"name": input_name, "dtype": "float32", "shape": [-1, 3, h, w]},
+        "output": {"name": output_name, "dtype": "float32", "shape": [-1, len(contract.class_names)]},
+        "max_batch": max_batch,
+    }
+
+
 def build_engine(
     qdq_onnx: Path,
     out_dir: Path,
@@ -80,7 +92,8 @@ def build_engine(
     engine = out_dir / engine_filename(gpu)
     write_bytes(engine, bytes(serialized))
     # Engines hold no metadata: the runtime reads the contract and class names from this sidecar.
-    write_json(engine.with_name(engine.name + ".json"), {"preprocess": contract.to_dict()})
+    sidecar = engine_sidecar(contract, network.get_input(0).name, network.get_output(0).name, max_batch)
+    write_json(engine.with_name(engine.name + ".json"), sidecar)
     write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return {
         "file": engine.name,

@@ -466,6 +466,39 @@ def demo(
     _print_headline(run_pipeline(r, out_dir, console, force=force))
 
 
+deploy_app = typer.Typer(help="Deployment bundles for an exported run.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("triton")
+def deploy_triton(
+    run: Annotated[Path, typer.Argument(help="A run directory with exported artifacts (toolkit export).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model repository folder to write into.")] = Path(
+        "model_repository"
+    ),
+    artifact: Annotated[
+        str, typer.Option(help="Which export: onnx, int8_onnxruntime, int8_tensorrt, or trt_engine_int8.")
+    ] = "onnx",
+    name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the run's name).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (dynamic batching up to it).")] = 32,
+    gpu: Annotated[bool, typer.Option(help="Instances on GPU (KIND_GPU) instead of CPU.")] = False,
+    trt_accelerator: Annotated[
+        bool, typer.Option(help="onnxruntime backend on GPU: run it through TensorRT (INT8) as Triton's accelerator.")
+    ] = False,
+) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt, labels, model file) for one artifact."""
+    from runtime.artifacts import find_artifact
+    from toolkit.evaluation import load_run_student
+    from toolkit.triton import write_repository
+
+    chosen = find_artifact(run, artifact)
+    _, contract, recipe = load_run_student(run)
+    model_name = name or str(recipe.get("name", run.name))
+    folder = write_repository(chosen.path, list(contract.class_names), out_dir, model_name, max_batch, gpu,
+                              trt_accelerator)  # fmt: skip
+    out.print(f"{folder}: config.pbtxt, labels.txt, 1/{next((folder / '1').iterdir()).name}")
+
+
 @app.command()
 def version() -> None:
     """Print the toolkit version."""
