@@ -101,6 +101,14 @@ class StageConfig(StrictModel):
     schedule: ScheduleConfig | None = None
 
 
+class LaViDConfig(StrictModel):
+    """LaViD's auxiliary head (methods-spec 4.2), alone (method lavid) or stacked on any method's student stage."""
+
+    targets: str = Field(..., description="signatures file (toolkit lavid signatures), or 'minilm' for the "
+                         "ablation: MiniLM embeddings of the class names")  # fmt: skip
+    weight: float = Field(40.0, gt=0.0, description="beta (the paper's lambda: 40 for R18 and MNV2 on CUB)")
+
+
 class DistillConfig(StrictModel):
     method: str = Field(..., description="registered method (toolkit methods)")
     teacher: str | None = Field("conse:efficientnet_lite0+minilm", description="teacher spec (toolkit teachers)")
@@ -114,6 +122,7 @@ class DistillConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's hyperparameters")
     stages: list[StageConfig] | None = Field(None, description="default: every stage of the method, in its order")
     cache: CacheConfig = CacheConfig()
+    lavid: LaViDConfig | None = Field(None, description="LaViD concept-signature head, stacked on the student stage")
     teacher_eval_images: int = Field(
         0, ge=0, description="toolkit run: the teacher's test top-1 on a class-stratified subset of N images (0 = all)"
     )

@@ -16,6 +16,7 @@ from torch import nn
 
 from distill.losses.dait import spatial_mse
 from distill.losses.kd import kd_loss
+from distill.losses.lavid import lavid_loss
 from distill.losses.nsd import nsd_class_margin, nsd_sample_neighbors
 from distill.losses.rkd import rkd_angle, rkd_distance
 from distill.losses.vl2lite import dynamic_weight, vl2lite_loss
@@ -26,6 +27,7 @@ class StepLoss:
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     logits: torch.Tensor
+    features: torch.Tensor | None = None  # the pooled feature of ``net`` (LaViD's head reads it)
 
 
 def split_forward(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,9 +70,9 @@ class CrossEntropy(Objective):
     """w/o KD."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor, epoch: int) -> StepLoss:
-        logits = self.net(x)
+        _, pooled, logits = split_forward(self.net, x)
         cls = F.cross_entropy(logits.float(), y)
-        return StepLoss(cls, {"cls": cls}, logits)
+        return StepLoss(cls, {"cls": cls}, logits, pooled)
 
 
 class HintonKD(Objective):
@@ -82,11 +84,11 @@ class HintonKD(Objective):
         self.teacher_scale, self.t, self.alpha = teacher_scale, float(params["temperature"]), float(params["alpha"])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor, epoch: int) -> StepLoss:
-        logits = self.net(x)
+        _, pooled, logits = split_forward(self.net, x)
         teacher = self.teacher_scale * F.normalize(emb, dim=-1) @ self.anchors.T
         cls = F.cross_entropy(logits.float(), y)
         kd = kd_loss(logits, teacher, self.t)
-        return StepLoss((1 - self.alpha) * cls + self.alpha * kd, {"cls": cls, "kd": kd}, logits)
+        return StepLoss((1 - self.alpha) * cls + self.alpha * kd, {"cls": cls, "kd": kd}, logits, pooled)
 
 
 class RelationalKD(Objective):
@@ -101,7 +103,7 @@ class RelationalKD(Objective):
         cls = F.cross_entropy(logits.float(), y)
         dist, angle = rkd_distance(pooled, emb), rkd_angle(pooled, emb)
         return StepLoss(cls + self.dw * dist + self.aw * angle, {"cls": cls, "rkd_distance": dist, "rkd_angle": angle},
-                        logits)  # fmt: skip
+                        logits, pooled)  # fmt: skip
 
 
 class BaseLossObjective(Objective):
@@ -137,7 +139,7 @@ class BaseLossObjective(Objective):
                 nsd = nsd_class_margin(cos, logits, y, int(p["nsd_k"]), float(p["nsd_scale"]), float(p["nsd_tau"]))
             terms["nsd"] = nsd
             total = total + float(p["nsd_lambda"]) * nsd
-        return StepLoss(total, terms, logits)
+        return StepLoss(total, terms, logits, pooled)
 
 
 class DaitStudent(Objective):
@@ -152,7 +154,7 @@ class DaitStudent(Objective):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor, epoch: int) -> StepLoss:
         alpha = dynamic_weight(epoch, self.epochs, self.p["slope"], float(self.p["offset"]))
-        fmap, _, logits = split_forward(self.net, x)
+        fmap, pooled, logits = split_forward(self.net, x)
         with torch.no_grad():
             t_map, _, t_logits = split_forward(self.teacher, x)
         cls = F.cross_entropy(logits.float(), y)
@@ -161,4 +163,26 @@ class DaitStudent(Objective):
         else:
             name, match = "kd", kd_loss(logits, t_logits, float(self.p["tau"]))
         total = alpha * cls + (1 - alpha) * match
-        return StepLoss(total, {"cls": cls, name: match}, logits)
+        return StepLoss(total, {"cls": cls, name: match}, logits, pooled)
+
+
+class WithLaViD(Objective):
+    """Any student objective plus LaViD's auxiliary head: + weight * MSE(A f(x), T_y) (methods-spec 4.2).
+    The head is training-only; ``targets`` are concept signatures (C, Q, M) or class-name embeddings (C, D)."""
+
+    def __init__(self, inner: Objective, targets: torch.Tensor, weight: float) -> None:
+        super().__init__(inner.net, inner.epochs)
+        self.inner, self.weight = inner, float(weight)
+        self.register_buffer("targets", targets.reshape(targets.shape[0], -1).float())
+        self.head = nn.Linear(int(inner.net.num_features), self.targets.shape[1])
+
+    def train(self, mode: bool = True) -> WithLaViD:
+        super().train(mode)
+        self.inner.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor, epoch: int) -> StepLoss:
+        out = self.inner(x, y, emb, epoch)
+        assert out.features is not None
+        term = lavid_loss(self.head(out.features.float()), self.targets, y)
+        return StepLoss(out.total + self.weight * term, {**out.terms, "lavid": term}, out.logits, out.features)

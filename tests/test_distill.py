@@ -63,6 +63,10 @@ def distill_recipe(ws: dict[str, Path], path: Path, method: str, **distill: obje
     return path
 
 
+def _extra_for(method: str) -> dict:
+    return {"lavid": {"targets": "minilm", "weight": 5.0}} if method == "lavid" else {}
+
+
 def _params_for(method: str) -> dict:
     return {"pand": {"coop_epochs": 1, "coop_n_ctx": 2}, "dait_f": {"it_pretrained": False, "it_model": "resnet18"},
             "dait_l": {"it_pretrained": False, "it_model": "resnet18"}}.get(method, {})  # fmt: skip
@@ -70,7 +74,7 @@ def _params_for(method: str) -> dict:
 
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_runs_end_to_end(workspace, tmp_path: Path, method: str) -> None:
-    recipe = distill_recipe(workspace, tmp_path / "r.yaml", method, params=_params_for(method))
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", method, params=_params_for(method), **_extra_for(method))
     out = tmp_path / "run"
     res = runner.invoke(app, ["distill", str(recipe), "--out", str(out)])
     assert res.exit_code == 0, res.output + repr(res.exception)

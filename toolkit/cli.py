@@ -466,6 +466,57 @@ def demo(
     _print_headline(run_pipeline(r, out_dir, console, force=force))
 
 
+lavid_app = typer.Typer(help="LaViD: MCQ sets and language-model concept signatures.", no_args_is_help=True)
+app.add_typer(lavid_app, name="lavid")
+LanguageModelOption = Annotated[
+    str, typer.Option("--model", help="smollm2 (offline, shipped), a local folder, or a Hugging Face causal LM id.")
+]
+
+
+@lavid_app.command("signatures")
+def lavid_signatures(
+    mcq: Annotated[Path, typer.Argument(help="MCQ set (YAML/JSON; e.g. recipes/lavid/fashion_mnist_mcq.yaml).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Signatures file (.safetensors); a .json report beside it.")],
+    model: LanguageModelOption = "smollm2",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="label (next-token logits of the option numbers, the paper's) or cloze "
+            "(option-text likelihood; for small models)."
+        ),
+    ] = "cloze",  # fmt: skip
+    temperature: Annotated[float, typer.Option(help="Softmax temperature over the options.")] = 1.0,
+    letters: Annotated[bool, typer.Option(help="Label mode: options A-E instead of 1-5.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Prompts per forward pass.")] = 25,
+    data: Annotated[str | None, typer.Option(help="Check the set's classes against this dataset.")] = None,
+) -> None:
+    """Per class and question, the language model's distribution over the options (class x Q x M)."""
+    from toolkit.lavid import run_signatures
+
+    r = run_signatures(mcq, model, mode, temperature, letters, batch_size, out_file, data, console)
+    flat = r["flat_questions"]
+    out.print(f"{out_file}: {len(r['questions'])} questions, mean entropy {r['mean_entropy']:.3f} nats, mean max "
+              f"probability {r['mean_max_probability']:.3f}, mean pairwise JS between classes "
+              f"{r['mean_pairwise_js']:.4f}; same for every class: {flat or 'none'} ({r['seconds']:.0f}s)")  # fmt: skip
+
+
+@lavid_app.command("questions")
+def lavid_questions(
+    out_file: Annotated[Path, typer.Option("--out", help="MCQ set to write (YAML).")],
+    data: Annotated[str, typer.Option(help="Dataset whose classes the questions are for.")] = "fashion_mnist:train",
+    description: Annotated[str, typer.Option(help="What the images show, for the prompt.")] = "photos",
+    model: LanguageModelOption = "smollm2",
+    questions: Annotated[int, typer.Option(help="Questions wanted (the paper: 50).")] = 50,
+    options: Annotated[int, typer.Option(help="Options per question (the paper: 5).")] = 5,
+    rounds: Annotated[int, typer.Option(help="Prompts at most (malformed questions are dropped and re-asked).")] = 5,
+) -> None:
+    """Write an MCQ set with a chat LLM (the paper's generation prompt); hand-written sets work the same."""
+    from toolkit.lavid import run_questions
+
+    r = run_questions(model, data, description, questions, options, rounds, out_file, console)
+    out.print(f"{r['out']}: {r['questions']} questions")
+
+
 deploy_app = typer.Typer(help="Deployment bundles for an exported run.", no_args_is_help=True)
 app.add_typer(deploy_app, name="deploy")
 

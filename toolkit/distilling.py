@@ -21,6 +21,7 @@ from distill.config import DistillConfig, TrainConfig
 from distill.crops import CropRecipe
 from distill.data import FreshCropDataset
 from distill.evaluate import predict_logits
+from distill.lavid.signatures import load_signatures
 from distill.methods.plan import Plan, PlannedStage, plan_distillation
 from distill.objectives import (
     BaseLossObjective,
@@ -29,6 +30,7 @@ from distill.objectives import (
     HintonKD,
     Objective,
     RelationalKD,
+    WithLaViD,
 )
 from distill.precision import resolve_precision
 from distill.stage_loop import train_stage
@@ -125,7 +127,7 @@ class _Selector:
 def _student_objective(plan: Plan, net: torch.nn.Module, epochs: int, anchors: torch.Tensor | None,
                        teacher: Teacher | None, it: torch.nn.Module | None) -> Objective:  # fmt: skip
     name, p = plan.method.name, plan.params
-    if name == "ce":
+    if name in ("ce", "lavid"):  # lavid = CE + the LaViD head, added around it
         return CrossEntropy(net, epochs)
     if name == "kd":
         return HintonKD(net, epochs, anchors, teacher.logit_scale, p)  # type: ignore[arg-type, union-attr]
@@ -136,6 +138,21 @@ def _student_objective(plan: Plan, net: torch.nn.Module, epochs: int, anchors: t
     if name in ("dait_f", "dait_l"):
         return DaitStudent(net, epochs, it, "features" if name == "dait_f" else "logits", p)  # type: ignore[arg-type]
     raise ToolkitError(f"method {name!r} has no student objective")
+
+
+def lavid_targets(cfg: DistillConfig, names: list[str], prompts: list[str]) -> torch.Tensor | None:
+    """The LaViD head's regression targets: concept signatures (C, Q, M) or, for the paper's ablation, MiniLM
+    embeddings of the class names (C, 384)."""
+    if cfg.lavid is None:
+        return None
+    if cfg.lavid.targets == "minilm":
+        from distill.teachers.minilm import MiniLMText
+
+        text = MiniLMText()
+        with torch.no_grad():
+            tokens = text.tokenize(prompts)
+            return text.encode_embeddings(text.token_embeddings(tokens), tokens)
+    return torch.from_numpy(load_signatures(cfg.lavid.targets, names).table)
 
 
 def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Console | None = None) -> dict[str, Any]:
@@ -170,6 +187,8 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
     it_given = None
     if cfg.intermediate_teacher and "intermediate" not in names_ran:
         it_given = _load_it(Path(cfg.intermediate_teacher), len(names))[0]
+    prompts = [prompt_name(n) for n in names] if cfg.prompt_names else names
+    lavid = lavid_targets(cfg, names, prompts)
     teacher = (
         build_teacher(cfg.teacher, Path(cfg.teacher_config) if cfg.teacher_config else None) if cfg.teacher else None
     )
@@ -203,7 +222,6 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
     else:
         c = cfg.cache
         data = FreshCropDataset(train_set, CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip), contract, c.seed)
-    prompts = [prompt_name(n) for n in names] if cfg.prompt_names else names
     if anchors is None and teacher is not None:
         with torch.no_grad():
             anchors = teacher.class_anchors(prompts, cfg.template)
@@ -226,6 +244,8 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
         else:
             train_cfg = _stage_train(recipe.train, planned)
             objective = _student_objective(plan, student, train_cfg.epochs, anchors, teacher, it)
+            if lavid is not None:
+                objective = WithLaViD(objective, lavid, cfg.lavid.weight)  # type: ignore[union-attr]
             selector = _Selector(student, val_set, recipe, contract, device)
             rows = train_stage(objective, data, train_cfg, stage.name, recipe.seed, device, precision, console,
                                _logging(selector, console))  # fmt: skip

@@ -135,3 +135,18 @@ register_method(
         _DAIT_PARAMS,
     )
 )  # fmt: skip
+register_method(
+    Method(
+        "lavid",
+        "LaViD: CE + an auxiliary head regressing language-model concept signatures (distill.lavid)",
+        "LaViD (ICML 2026)",
+        (
+            Stage(
+                "student", "student", "labels + the class's concept signature", STUDENT + ("LaViD head (d -> Q*M)",),
+                ("signature table (from the LLM, offline)",),
+                (CE, LossTerm("lavid", "distill.lavid.weight", "MSE between A f(x) and vec(T_y)")),
+            ),
+        ),
+        needs_teacher=False,
+    )
+)  # fmt: skip

@@ -128,6 +128,8 @@ def plan_distillation(cfg: DistillConfig) -> Plan:
         )
     method = get_method(cfg.method)
     _check_teacher(cfg.teacher, method)
+    if method.name == "lavid" and cfg.lavid is None:
+        raise ToolkitError("distill.lavid: method 'lavid' needs distill.lavid.targets (toolkit lavid signatures)")
     if cfg.cache.scale[0] <= 0 or cfg.cache.scale[0] > cfg.cache.scale[1] or cfg.cache.scale[1] > 1:
         raise ToolkitError(f"distill.cache.scale: {list(cfg.cache.scale)} must satisfy 0 < min <= max <= 1")
     return Plan(method, _params(method, cfg.params), _stages(method, cfg))
