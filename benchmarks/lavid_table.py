@@ -49,12 +49,16 @@ def main() -> None:
     ap.add_argument("--signatures", type=Path, default=SIGNATURES)
     ap.add_argument("--out", type=Path, default=Path("runs/methods_table"))
     ap.add_argument("--table", type=Path, default=Path("benchmarks/results/lavid_fashion_mnist.md"))
+    ap.add_argument("--only", nargs="+", choices=["ce", "lavid_llm", "lavid_minilm"],
+                    help="train only these variants and write no table (for parallel workers)")  # fmt: skip
     args = ap.parse_args()
     sig_report = json.loads(args.signatures.with_suffix(".json").read_text())
     rows: dict[tuple[str, str], list[dict]] = {}
     for seed in args.seeds:
         for student in args.students:
             for label, tag, method, extra in variants(args.signatures, args.weight):
+                if args.only and tag not in args.only:
+                    continue
                 run_dir = args.out / f"{student}-{tag}-s{seed}"
                 if (run_dir / "metrics.json").is_file():
                     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -64,6 +68,8 @@ def main() -> None:
                     console.print(f"--- {student} {tag} seed {seed}")
                     metrics = run_distill(load_recipe(args.recipe, sets), run_dir, force=True, console=console)
                 rows.setdefault((label, student), []).append(metrics)
+    if args.only:
+        return
     fmt = lambda v: f"{100 * np.mean(v):.2f} ± {100 * np.std(v, ddof=1) if len(v) > 1 else 0.0:.2f}"  # noqa: E731
     lines = [
         "# LaViD on Fashion-MNIST, few-shot (30 images per class)",

@@ -200,3 +200,13 @@ def test_lavid_stacks_on_another_method(tmp_path: Path) -> None:
     res = runner.invoke(app, ["distill", str(path), "--out", str(tmp_path / "r2"), "--method", "lavid",
                               "--set", "distill.lavid=null"])  # fmt: skip
     assert isinstance(res.exception, ToolkitError) and "distill.lavid" in str(res.exception)
+
+
+def test_shipped_signatures_match_the_shipped_question_set() -> None:
+    """recipes/lavid/fashion_mnist_smollm2_cloze.safetensors was made from the shipped set with real SmolLM2."""
+    mcq = load_mcq(SHIPPED)
+    sig = load_signatures(SHIPPED.with_name("fashion_mnist_smollm2_cloze.safetensors"), list(mcq.class_names))
+    assert sig.provenance["mcq_sha256"] == mcq.sha256() and sig.provenance["model"] == "smollm2"
+    assert sig.table.shape == (10, len(mcq.questions), 5)
+    np.testing.assert_allclose(sig.table.sum(-1), 1.0, rtol=1e-5)
+    assert signature_stats(sig.table)["mean_pairwise_js"] > 0.001  # classes get different answers

@@ -240,6 +240,10 @@ def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, console: Con
         elif stage.kind == "intermediate":
             it, info = _run_intermediate(plan, cache, anchors, planned, recipe, names, data, device, precision,
                                          run_dir, console, val_set, contract)  # fmt: skip
+            if test is not None:  # how good the teacher the student will learn from is
+                logits = predict_logits(it, test, contract, recipe.train.eval_batch_size, device)
+                info["test_top1"] = float((logits.argmax(1) == test.labels).mean())
+                console.print(f"intermediate teacher: test top-1 {info['test_top1']:.4f} on {test.name}")
             history.extend(info.pop("rows"))
         else:
             train_cfg = _stage_train(recipe.train, planned)
