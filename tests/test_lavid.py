@@ -177,6 +177,15 @@ def test_lavid_signatures_command(tiny_lm: Path, tmp_path: Path) -> None:
     assert isinstance(res.exception, ToolkitError) and "class_names do not match" in str(res.exception)
 
 
+def test_lavid_questions_command_runs_a_real_generation_loop(tiny_lm: Path, tmp_path: Path) -> None:
+    """A random model writes nothing valid: the loop generates, parses, rejects, retries, then says so."""
+    data = write_image_folder(tmp_path / "data", per_class=1)
+    args = ["--data", str(data), "--model", str(tiny_lm), "--questions", "2", "--rounds", "2", "--max-new-tokens", "40"]
+    res = runner.invoke(app, ["lavid", "questions", "--out", str(tmp_path / "q.yaml"), *args])
+    assert isinstance(res.exception, ToolkitError) and "no valid question" in str(res.exception)
+    assert res.output.count("round ") == 2 and not (tmp_path / "q.yaml").exists()
+
+
 def test_lavid_stacks_on_another_method(tmp_path: Path) -> None:
     """kd + the LaViD head through `toolkit distill`, targets from a signature file."""
     from conftest import TINY_CLIP_SPEC, write_tiny_clip_config

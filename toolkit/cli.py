@@ -509,11 +509,12 @@ def lavid_questions(
     questions: Annotated[int, typer.Option(help="Questions wanted (the paper: 50).")] = 50,
     options: Annotated[int, typer.Option(help="Options per question (the paper: 5).")] = 5,
     rounds: Annotated[int, typer.Option(help="Prompts at most (malformed questions are dropped and re-asked).")] = 5,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens the model may write per prompt.")] = 4096,
 ) -> None:
     """Write an MCQ set with a chat LLM (the paper's generation prompt); hand-written sets work the same."""
     from toolkit.lavid import run_questions
 
-    r = run_questions(model, data, description, questions, options, rounds, out_file, console)
+    r = run_questions(model, data, description, questions, options, rounds, out_file, console, max_new_tokens)
     out.print(f"{r['out']}: {r['questions']} questions")
 
 

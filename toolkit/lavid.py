@@ -49,8 +49,9 @@ def run_questions(model: str, data: str, description: str, n_questions: int, n_o
 
     def generate(prompt: str) -> str:
         tok = lm.tokenizer
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt")  # fmt: skip
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)  # fmt: skip
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             gen = lm.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=tok.pad_token_id)  # fmt: skip
