@@ -7,6 +7,7 @@ so nothing training-only reaches the exported student. Frozen modules stay in ev
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ def condensation_mlp(d_in: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU(inplace=True), nn.Linear(d_out, d_out))
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """Base: ``net`` trains; ``frozen`` modules never do (eval mode, no gradients)."""
 
     def __init__(self, net: nn.Module, epochs: int) -> None:
@@ -62,8 +63,9 @@ class Objective(nn.Module):
             module.eval()
         return self
 
+    @abstractmethod
     def forward(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor, epoch: int) -> StepLoss:
-        raise NotImplementedError
+        """One batch: student inputs, labels, teacher embeddings (empty when no teacher), 0-based epoch."""
 
 
 class CrossEntropy(Objective):
