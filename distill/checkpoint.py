@@ -61,15 +61,18 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: nn.Module | None,
     state: dict[str, Any],
+    step: int | None = None,
 ) -> Path:
-    """Write the state after ``epoch`` (0-based, completed); remove this tag's older tensor files."""
+    """Write the state after ``epoch`` (0-based, completed; or in progress, after optimizer ``step`` of it);
+    remove this tag's older tensor files. ``model`` is anything with ``state_dict()``."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     optim_tensors, optim_meta = _optimizer_split(optimizer)
     tensors.update(optim_tensors)
-    tensor_file = directory / f"{tag}-e{epoch:04d}.safetensors"
+    suffix = "" if step is None else f"-s{step:07d}"
+    tensor_file = directory / f"{tag}-e{epoch:04d}{suffix}.safetensors"
     save_state_dict(tensor_file, tensors)
     pointer = {
         "epoch": epoch,
@@ -88,7 +91,8 @@ def save_checkpoint(
 def load_checkpoint(
     directory: Path, tag: str, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None
 ) -> dict[str, Any]:
-    """Restore model/EMA/optimizer from ``<tag>.json``; return the JSON state. Verifies the hash."""
+    """Restore model/EMA/optimizer from ``<tag>.json``; return the JSON state. Verifies the hash.
+    ``model`` is anything with ``load_state_dict(dict)``."""
     pointer_path = directory / f"{tag}.json"
     if not pointer_path.is_file():
         raise ToolkitError(f"{pointer_path}: no checkpoint to resume from; run without --resume")

@@ -69,15 +69,26 @@ class TrainConfig(StrictModel):
     schedule: ScheduleConfig = ScheduleConfig()
     ema: EmaConfig = EmaConfig()
     augment: AugmentConfig = AugmentConfig()
+    accumulate: PositiveInt = Field(
+        1, description="micro-batches per optimizer step (gradient accumulation); batch_size stays the global batch"
+    )
     grad_clip: PositiveFloat | None = Field(None, description="max gradient norm; null disables clipping")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto = bf16 autocast where the device computes bf16 natively, else fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="auto = bf16 autocast where the device computes bf16 natively, else fp32; fp16 = autocast with "
+        "a GradScaler (CUDA only)",
     )
     channels_last: Literal["auto", True, False] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")
+    checkpoint_every_steps: PositiveInt | None = Field(
+        None, description="also checkpoint every N optimizer steps inside an epoch (null: at epoch ends only)"
+    )
+    progress_every_s: PositiveFloat = Field(
+        30.0, description="when stdout is not a terminal: a progress line at least this often during an epoch"
+    )
 
 
 class CacheConfig(StrictModel):
@@ -90,6 +101,9 @@ class CacheConfig(StrictModel):
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = 0
     batch_size: PositiveInt = Field(64, description="teacher batch size while building")
+    shard_size: PositiveInt = Field(
+        1024, description="images per cache shard: the unit of a resumed build and of sharding it over DDP ranks"
+    )
 
 
 class StageConfig(StrictModel):

@@ -38,6 +38,18 @@ class DistContext:
         dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rank 0's tensors on every rank (in place on rank 0's dict; keys must match on every rank)."""
+        if not self.distributed:
+            return state
+        comm = self.device if self.device.type == "cuda" else torch.device("cpu")
+        out = {}
+        for key, value in sorted(state.items()):  # one order on every rank (a loaded file's differs)
+            t = value.detach().to(comm).contiguous()
+            dist.broadcast(t, 0)
+            out[key] = t.cpu()
+        return out
+
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "auto":

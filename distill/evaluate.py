@@ -43,3 +43,29 @@ def predict_logits(
         out.append(logits.float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, len(contract.class_names)), np.float32)
+
+
+def val_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Cross-entropy and top-1 of validation logits."""
+    t = torch.from_numpy(logits)
+    return {
+        "val_loss": float(torch.nn.functional.cross_entropy(t, torch.from_numpy(labels).long()).item()),
+        "val_top1": float((logits.argmax(1) == labels).mean()),
+    }
+
+
+def classifier_validator(
+    dataset: Dataset,
+    contract: PreprocessContract,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+):
+    """``validate(net)`` for the training engine: the classifier's loss and top-1 on ``dataset``."""
+
+    def validate(net: nn.Module) -> dict[str, float]:
+        logits = predict_logits(net, dataset, contract, batch_size, device, precision, channels_last)
+        return val_metrics(logits, dataset.labels)
+
+    return validate

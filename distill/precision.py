@@ -20,6 +20,10 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "fp32":
         return "fp32"
+    if requested == "fp16":
+        if device.type != "cuda":
+            raise ToolkitError(f"train.precision fp16: needs a CUDA device (got {device}); use fp32 or bf16 on CPU")
+        return "fp16"
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     if requested == "bf16":
         if device.type == "cuda" and not native:
@@ -37,4 +41,11 @@ def resolve_channels_last(requested: bool | str, precision: str, device: torch.d
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None

@@ -120,7 +120,11 @@ class OpenVinoClassifier(Classifier):
         if not model.has_rt_info(OV_PREPROCESS):
             raise ToolkitError(f"{self.path}: no toolkit/preprocess rt_info; export it with `toolkit export`")
         self.contract = PreprocessContract.from_dict(json.loads(model.get_rt_info(OV_PREPROCESS).astype(str)))
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        if device.upper().startswith("CPU"):
+            # On CPUs with native bf16 (avx512_bf16, AMX) OpenVINO's default runs float layers in bf16: the
+            # artifact's numbers would not be its fp32 weights' (parity fails). INT8 layers stay INT8.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = core.compile_model(model, device, config)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -58,6 +58,9 @@ def write_recipe(path: Path, data_root: Path, **train: object) -> Path:
             "eval_batch_size": 64,
             "optimizer": {"name": "sgd", "lr": 0.05},
             "augment": {"pad_crop": 2, "hflip": 0.5},
+            # PyTorch 2.14.1's CPU bf16 conv backward returns garbage weight gradients for a 3x3 stride-2 conv
+            # on a 1x1 input (ResNet-18's layer4 at 16 px; upstream oneDNN bug): keep the tests in fp32.
+            "precision": "fp32",
             **train,
         },
     }

@@ -36,3 +36,16 @@ def test_last_line_names_best_int8_speedup_at_224_and_its_drop() -> None:
     assert text.splitlines()[-1] == "best int8 speedup vs torch fp32: 8.0x, top-1 drop: 0.10"
     assert re.search(r"\| resnet18 \| 224x224 \| OpenVINO INT8 \(NNCF\) \| - \| - \| 5\.00 \|", text)
     assert "| resnet18 | 28x28 | ONNX Runtime INT8 U8S8 | 90.50 | 0.50 |" in text
+
+
+def test_trainer_overhead_prints_every_ratio(monkeypatch, capsys) -> None:
+    spec = importlib.util.spec_from_file_location("trainer_overhead", REPO / "benchmarks" / "trainer_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["trainer_overhead.py", "--size", "16", "--batch", "4", "--steps", "2", "--rounds", "1"]
+    monkeypatch.setattr("sys.argv", argv)
+    module.main()
+    out = capsys.readouterr().out
+    assert re.search(r"engine CE vs bare loop: \d+\.\d{3}x \(goal >= 0\.95\)", out)
+    for method in ("kd", "vl2lite", "pand"):
+        assert re.search(rf"{method} from cache vs CE: \d+\.\d{{3}}x \(goal >= 0\.9\)", out), method

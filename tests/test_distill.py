@@ -180,9 +180,10 @@ def test_base_objective_is_the_base_loss_plus_weighted_nsd() -> None:
     net = create_student("resnet18", 5)
     anchors = torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
     params = {**get_method("pand").params, "nsd_lambda": 0.5}
-    obj = BaseLossObjective(net, epochs=10, anchors=anchors, params=params).eval()
+    terms = get_method("pand").stage("student").losses
+    obj = BaseLossObjective(net, 10, terms, params, anchors).eval()
     x, y, emb = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0]), torch.randn(6, 12)
-    out = obj(x, y, emb, epoch=4)
+    out = obj(x, y, emb, 4)
     _, pooled, logits = split_forward(net, x)
     base = vl2lite_loss(pooled, logits, y, emb, anchors, obj.phi_image(emb), obj.phi_text(anchors), 4 / 80,
                         reduction="pand")  # fmt: skip
@@ -195,10 +196,11 @@ def test_dait_student_keeps_the_intermediate_teacher_frozen() -> None:
     student, it = create_student("resnet18", 3), create_student("mobilenetv2_100", 3)
     before = {k: v.clone() for k, v in it.state_dict().items()}
     for variant in ("features", "logits"):
-        obj = DaitStudent(student, 4, it, variant, get_method("dait_f").params).train()
+        method = get_method("dait_f" if variant == "features" else "dait_l")
+        obj = DaitStudent(student, 4, method.stage("student").losses, method.params, it, variant).train()
         assert not it.training and not any(p.requires_grad for p in it.parameters())
         x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
-        out = obj(x, y, torch.zeros(4, 0), epoch=0)  # alpha(0) = 0: only the matching term
+        out = obj(x, y, torch.zeros(4, 0), 0)  # alpha(0) = 0: only the matching term
         if variant == "logits":
             with torch.no_grad():
                 expected = kd_loss(student(x), it(x), 2.0)
@@ -208,3 +210,31 @@ def test_dait_student_keeps_the_intermediate_teacher_frozen() -> None:
         torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=0.1).step()
     for k, v in it.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# Hand-computed weights at epoch 4 of 10, default params: alpha(4) = 4 / (8 * 10) = 0.05 (VL2Lite's k = 1/(8E)).
+EXPECTED_WEIGHTS = {
+    ("ce", "student"): {"cls": 1.0},
+    ("kd", "student"): {"cls": 0.5, "kd": 0.5},
+    ("rkd", "student"): {"cls": 1.0, "rkd_distance": 25.0, "rkd_angle": 50.0},
+    ("vl2lite", "student"): {"cls": 0.05, "vis": 0.475, "txt": 0.475},
+    ("pand", "psc"): {"coop_ce": 1.0},
+    ("pand", "student"): {"cls": 0.05, "vis": 0.475, "txt": 0.475, "nsd": 1.0},
+    ("dait_f", "intermediate"): {"cls": 0.05, "vis": 0.475, "txt": 0.475},
+    ("dait_f", "student"): {"cls": 0.05, "sra": 0.95},
+    ("dait_l", "intermediate"): {"cls": 0.05, "vis": 0.475, "txt": 0.475},
+    ("dait_l", "student"): {"cls": 0.05, "kd": 0.95},
+    ("lavid", "student"): {"cls": 1.0, "lavid": 40.0},
+}
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_stage_declares_its_weights_as_functions_of_the_epoch(method: str) -> None:
+    m = get_method(method)
+    params = {**m.params, "lavid_weight": 40.0}
+    for stage in m.stages:
+        got = {t.name: t.weight(4, 10, params) for t in stage.losses}
+        expected = EXPECTED_WEIGHTS[(method, stage.name)]
+        assert got.keys() == expected.keys(), (method, stage.name)
+        for name, value in expected.items():
+            assert got[name] == pytest.approx(value), (method, stage.name, name)

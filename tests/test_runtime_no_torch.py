@@ -38,5 +38,5 @@ def test_runtime_imports_without_torch() -> None:
 
 
 def test_blocker_really_blocks_torch() -> None:
-    res = subprocess.run([sys.executable, "-c", BLOCKER, "distill.trainer"], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", BLOCKER, "distill.engine"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode != 0 and "blocked" in res.stderr

@@ -231,7 +231,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     ]
     res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 rank(s) x 8/step" in res.stderr.replace("\n", "")
+    assert "2 rank(s) x 8/micro-batch" in res.stderr.replace("\n", "")
     manifest = json.loads((tmp_path / "ddp" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["status"] == "trained"
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]

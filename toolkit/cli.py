@@ -78,25 +78,47 @@ def train(
 
 @app.command()
 def distill(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML with a distill section (see recipes/).")],
+    recipe: Annotated[
+        Path,
+        typer.Argument(
+            help="Recipe YAML with a distill section, or (with --resume) a run "
+            "directory: its saved config.yaml is the recipe."
+        ),
+    ],  # fmt: skip
     set_: SetOption = None,
     method: Annotated[str | None, typer.Option(help="Override distill.method (toolkit methods).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override seed.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Skip finished stages, continue the interrupted one from its last "
+            "checkpoint (bit-identical to an uninterrupted run)."
+        ),
+    ] = False,  # fmt: skip
     force: Annotated[bool, typer.Option(help="Overwrite an existing run directory.")] = False,
 ) -> None:
-    """Run every stage of the recipe's distillation method; builds or reuses the teacher-output cache."""
+    """Run every stage of the recipe's distillation method; builds or reuses the teacher-output cache.
+    Works under torchrun (DDP): each stage trains on every rank, rank 0 writes."""
     from toolkit.distilling import run_distill
     from toolkit.recipe import load_recipe
 
     overrides = _overrides(set_, **{"distill.method": method, "train.epochs": epochs, "seed": seed})
+    if recipe.is_dir():
+        if not resume:
+            raise ToolkitError(f"{recipe}: a run directory; pass --resume to continue it, or give a recipe YAML")
+        out_dir = out_dir or recipe
+        recipe = recipe / "config.yaml"
+        if not recipe.is_file():
+            raise ToolkitError(f"{recipe}: missing; {recipe.parent} is not a run directory of `toolkit distill`")
     r = load_recipe(recipe, overrides)
     run_dir = out_dir or _default_run_dir(r.name)
     t0 = time.perf_counter()
-    metrics = run_distill(r, run_dir, force=force, console=console)
-    test = f", test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else ""
-    console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s{test})")
+    metrics = run_distill(r, run_dir, force=force, resume=resume, console=console)
+    if metrics:
+        test = f", test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else ""
+        console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s{test})")
 
 
 @app.command("run")

@@ -82,6 +82,7 @@ class Pipeline:
         self.recipe, self.run_dir, self.console = recipe, run_dir, console
         path = run_dir / STATE
         self.state: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"steps": {}}
+        self.resuming = False
 
     def up_to_date(self, step: str, inputs: str) -> bool:
         record = self.state["steps"].get(step)
@@ -92,15 +93,21 @@ class Pipeline:
             for name, digest in record["outputs"].items()
         )
 
-    def run_step(self, step: str, inputs: str, work: Callable[[], list[Path]]) -> None:
+    def run_step(self, step: str, inputs: str, work: Callable[[], list[Path]], resumable: bool = False) -> None:
+        """Run ``work`` unless the step is up to date. A ``resumable`` step killed while running with these
+        same inputs continues from its checkpoints (``self.resuming`` is true while it runs)."""
         if self.up_to_date(step, inputs):
             self.console.print(f"[{step}] up to date (inputs and outputs unchanged): skipped")
             return
         # Anything recorded after this step depends on its outputs: forget it.
         for later in STEPS[STEPS.index(step) :]:
             self.state["steps"].pop(later, None)
+        running = self.state.get("running")
+        self.resuming = resumable and running == {"step": step, "inputs": inputs} and self.run_dir.is_dir()
+        self.state["running"] = {"step": step, "inputs": inputs}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         self._save()
-        self.console.print(f"[{step}] running")
+        self.console.print(f"[{step}] {'continuing (interrupted earlier)' if self.resuming else 'running'}")
         t0 = time.perf_counter()
         outputs = work()
         self.state["steps"][step] = {
@@ -109,6 +116,8 @@ class Pipeline:
             "seconds": round(time.perf_counter() - t0, 1),
             "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        self.state.pop("running", None)
+        self.resuming = False
         self._save()
 
     def output_digest(self, step: str) -> str:
@@ -137,14 +146,15 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
     t0 = time.perf_counter()
 
     def distill() -> list[Path]:
+        resume = pipe.resuming and (run_dir / "config.yaml").is_file()
         if recipe.distill is not None:
-            run_distill(recipe, run_dir, force=True, console=console)
+            run_distill(recipe, run_dir, force=not resume, resume=resume, console=console)
         else:
-            run_train(recipe, run_dir, force=True, console=console)
+            run_train(recipe, run_dir, force=not resume, resume=resume, console=console)
         return [run_dir / "student.safetensors", run_dir / "metrics.json"]
 
     core = {k: v for k, v in r.items() if k not in ("export", "bench")}
-    pipe.run_step("distill", _digest(core), distill)
+    pipe.run_step("distill", _digest(core), distill, resumable=True)
 
     def export() -> list[Path]:
         e = recipe.export

@@ -59,10 +59,15 @@ def code_version() -> dict[str, Any]:
 
 
 def prepare_run_dir(path: Path, resume: bool, force: bool) -> Path:
-    """Create ``path``; refuse to mix a new run into an old one unless told to resume or overwrite."""
+    """Create ``path``; refuse to mix a new run into an old one unless told to resume or overwrite.
+    Overwriting keeps ``pipeline.json``: `toolkit run` records there that its step is running (to continue it
+    after a kill) before the step starts over in the directory."""
     if path.exists() and any(path.iterdir()):
         if force and not resume:
-            shutil.rmtree(path)
+            for child in path.iterdir():
+                if child.name == "pipeline.json":
+                    continue
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         elif not resume:
             raise ToolkitError(
                 f"{path}: run directory already exists; pass --resume to continue it, --force to overwrite it, "

@@ -10,9 +10,14 @@ import torch
 import yaml
 from rich.console import Console
 
+from distill.data import ImageTensorDataset
 from distill.distributed import DistContext, init_distributed, shutdown_distributed
+from distill.engine import train, write_metrics
+from distill.evaluate import classifier_validator
+from distill.objectives import CrossEntropy
+from distill.precision import resolve_channels_last, resolve_precision
 from distill.students import create_student
-from distill.trainer import fit
+from distill.transforms import TrainTransform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
 from runtime.errors import ToolkitError
@@ -26,7 +31,7 @@ from toolkit.rundir import prepare_run_dir, update_manifest
 STUDENT_FORMAT = "edge-distill-student/1"
 
 
-def _check_resume_config(run_dir: Path, recipe: Recipe) -> None:
+def check_resume_config(run_dir: Path, recipe: Recipe) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise ToolkitError(f"{saved_path}: missing; this run cannot be resumed, start it again with --force")
@@ -62,6 +67,11 @@ def run_train(
 
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Console, ctx: DistContext) -> dict:
+    if recipe.distill is not None:
+        raise ToolkitError(
+            "distill: `toolkit train` trains with cross-entropy only and does not use the distill section; run "
+            "`toolkit distill` (or `toolkit run`), or remove the section"
+        )
     data_cfg = recipe.data
     full = data_cfg.train.to_source(data_cfg.max_pixels).open()
     full, bad = check_dataset(full, data_cfg.on_bad_image, console, show=ctx.is_main)
@@ -78,7 +88,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
     if ctx.is_main:
         prepare_run_dir(run_dir, resume, force)
         if resume:
-            _check_resume_config(run_dir, recipe)
+            check_resume_config(run_dir, recipe)
     ctx.barrier()
     if ctx.is_main:
         write_text(run_dir / "config.yaml", recipe_to_yaml(recipe))
@@ -102,7 +112,20 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
         }
         update_manifest(run_dir, data=data_section, seed=recipe.seed, world_size=ctx.world_size, status="training")
 
-    result = fit(model, train_set, val_set, contract, recipe.train, run_dir, recipe.seed, ctx, resume, console)
+    cfg = recipe.train
+    data = ImageTensorDataset(train_set, augment=TrainTransform(contract, cfg.augment), seed=recipe.seed)
+    validate = None
+    if val_set is not None and len(val_set):
+        precision = resolve_precision(cfg.precision, ctx.device)
+        channels_last = resolve_channels_last(cfg.channels_last, precision, ctx.device)
+        validate = classifier_validator(val_set, contract, cfg.eval_batch_size, ctx.device, precision, channels_last)
+    objective = CrossEntropy(model, cfg.epochs, label_smoothing=cfg.label_smoothing)
+
+    def on_epoch(history: list[dict[str, Any]]) -> None:
+        write_metrics(run_dir / "metrics.jsonl", history)
+
+    result = train(objective, data, cfg, run_dir / "checkpoints", recipe.seed, ctx, validate=validate, resume=resume,
+                   console=console, on_epoch=on_epoch)  # fmt: skip
     if not ctx.is_main:
         return {}
 

@@ -68,9 +68,10 @@ def vl2lite_loss(
     tau: float = 2.0,
     scale: float = LOGIT_SCALE,
     reduction: str = "vl2lite",
+    label_smoothing: float = 0.0,
 ) -> BaseLoss:
     """L = w L_cls + (1 - w) (L_vis + L_txt) / 2, with L_vis = mean |n(u) - n(phi_I(v))| (not detached)."""
-    cls = F.cross_entropy(logits.float(), labels)
+    cls = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     vis = (F.normalize(student_feat.float(), dim=-1) - F.normalize(teacher_img_proj.float(), dim=-1)).abs().mean()
     txt = text_kl(student_feat, teacher_img, anchors, anchors_proj, tau, scale, reduction)
     total = weight * cls + (1 - weight) * (vis + txt) / 2

@@ -1,4 +1,6 @@
-"""The method registry: ``register_method`` / ``list_methods`` / ``get_method`` (timm's model-registry shape)."""
+"""The method registry: ``register_method`` / ``list_methods`` / ``get_method`` (timm's model-registry shape).
+The built-in methods register when the ``distill.methods`` package is imported (its ``__init__``), so this
+module imports none of them: no import cycle."""
 
 from __future__ import annotations
 
@@ -18,18 +20,12 @@ def register_method(method: Method) -> Method:
 
 
 def list_methods(pattern: str = "*") -> list[str]:
-    _load_catalog()
     return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
 
 
 def get_method(name: str) -> Method:
-    _load_catalog()
     if name not in _METHODS:
         raise ToolkitError(
             f"unknown method {name!r}.{did_you_mean(name, _METHODS)} Known: {', '.join(sorted(_METHODS))}"
         )
     return _METHODS[name]
-
-
-def _load_catalog() -> None:
-    import distill.methods.catalog  # noqa: F401  (registers the built-in methods on first use)

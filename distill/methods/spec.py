@@ -1,19 +1,50 @@
-"""What a method is, as data: named stages, each naming what is frozen, what trains and which weighted loss
-terms apply. ``toolkit methods`` prints this; the runner in ``distill/stages.py`` executes it."""
+"""What a method is, as data: named stages, each naming what is frozen, what trains, which loss terms apply
+with which weights (real functions of the epoch), and how to build the stage's objective.
+``toolkit methods`` prints this; ``distill/stages.py`` executes it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from distill.loss_terms import (  # noqa: F401  (re-exported: methods declare terms from here)
+    ALPHA,
+    HALF_ONE_MINUS_ALPHA,
+    ONE_MINUS_ALPHA,
+    LossTerm,
+    Weight,
+    const,
+    one_minus_param,
+    param,
+)
+
+if TYPE_CHECKING:
+    from distill.objectives import Objective
+    from distill.teachers.base import Teacher
 
 StageKind = Literal["psc", "intermediate", "student"]
 
 
-@dataclass(frozen=True)
-class LossTerm:
-    name: str
-    weight: str  # how it is weighted, e.g. "alpha(e)", "(1 - alpha(e)) / 2", "nsd_lambda"
-    description: str
+@dataclass
+class StageInputs:
+    """Everything a stage's objective may be built from (what earlier stages produced included)."""
+
+    net: torch.nn.Module  # the network the stage trains and outputs (student, intermediate teacher, prompt context)
+    epochs: int
+    params: dict[str, Any]
+    terms: tuple[LossTerm, ...]
+    label_smoothing: float = 0.0
+    anchors: torch.Tensor | None = None
+    teacher: Teacher | None = None
+    intermediate: torch.nn.Module | None = None
+    prompts: list[str] = field(default_factory=list)
+    template: str = ""
+
+
+ObjectiveFactory = Callable[[StageInputs], "Objective"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +57,7 @@ class Stage:
     trains: tuple[str, ...]
     frozen: tuple[str, ...]
     losses: tuple[LossTerm, ...]
+    objective: ObjectiveFactory = field(compare=False, repr=False)
     requires: tuple[str, ...] = ()
     produces: str | None = None
 
@@ -48,11 +80,6 @@ class Method:
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]
 
-    @property
-    def objective(self) -> str:
-        """Which student objective the final stage trains (the method's name selects it)."""
-        return self.name
-
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -67,7 +94,9 @@ class Method:
                     "description": s.description,
                     "trains": list(s.trains),
                     "frozen": list(s.frozen),
-                    "losses": [vars(t) for t in s.losses],
+                    "losses": [
+                        {"name": t.name, "weight": str(t.weight), "description": t.description} for t in s.losses
+                    ],  # fmt: skip
                     "requires": list(s.requires),
                     "produces": s.produces,
                 }

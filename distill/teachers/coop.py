@@ -10,18 +10,24 @@ preprocessing; only the text tower runs while training.
 from __future__ import annotations
 
 import json
-import math
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from distill.config import EmaConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from distill.distributed import DistContext
+from distill.engine import train
+from distill.objectives import PromptContext, PromptObjective
 from distill.teachers.base import Teacher
 from runtime.atomic import atomic_path
 from runtime.classifier import contract_batches
@@ -74,6 +80,25 @@ class CoOpResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class _Features(torch.utils.data.Dataset):
+    """(feature, label) per image; with M crops per image, epoch e uses a crop drawn from (seed, image, e)."""
+
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray, seed: int) -> None:
+        self.feats, self.labels, self.seed, self.epoch = feats.float(), labels, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.feats.ndim == 2:
+            return self.feats[i], int(self.labels[i])
+        crop = int(np.random.default_rng([self.seed, i, self.epoch]).integers(self.feats.shape[1]))
+        return self.feats[i, crop], int(self.labels[i])
+
+
 def calibrate(
     teacher: Teacher,
     feats: torch.Tensor,
@@ -83,46 +108,39 @@ def calibrate(
     config: CoOpConfig,
     progress: Progress | None = None,
 ) -> CoOpResult:
-    """Learn the shared context on (feats, labels); returns the context and the calibrated anchors.
+    """Learn the shared context on (feats, labels) in the training engine; returns the context and the
+    calibrated anchors.
 
     ``feats`` is (N, D), one feature per image, or (N, M, D), M cached crops per image: each epoch then uses
-    one randomly drawn crop of every image (training on augmented crops costs only text-tower passes).
+    one crop of every image (training on augmented crops costs only text-tower passes).
     """
     if len(feats) != len(labels) or not len(feats):
         raise ToolkitError(f"CoOp needs one label per image feature, got {len(feats)} features, {len(labels)} labels")
-    gen = torch.Generator().manual_seed(config.seed)
-    tokens = teacher.context_prompts(class_names, template, config.n_ctx)
-    context = torch.nn.Parameter(torch.randn(config.n_ctx, teacher.text_width, generator=gen) * config.init_std)
-    opt = torch.optim.SGD([context], lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(feats) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    y = torch.as_tensor(labels, dtype=torch.long)
-    history = []
-    for epoch in range(config.epochs):
-        order = torch.randperm(len(feats), generator=gen)
-        view = feats
-        if feats.ndim == 3:
-            view = feats[torch.arange(len(feats)), torch.randint(0, feats.shape[1], (len(feats),), generator=gen)]
-        loss_sum = correct = 0.0
-        for start in range(0, len(feats), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            anchors = teacher.encode_with_context(context, tokens)
-            logits = teacher.logit_scale * view[idx] @ anchors.T
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([context], config.clip_grad)
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += float((logits.argmax(1) == y[idx]).sum())
-        history.append({"epoch": epoch + 1, "loss": loss_sum / len(feats), "train_top1": correct / len(feats)})
+    context = PromptContext(config.n_ctx, teacher.text_width, config.init_std,
+                            torch.Generator().manual_seed(config.seed))  # fmt: skip
+    objective = PromptObjective(context, config.epochs, teacher=teacher, prompts=class_names, template=template)
+    cfg = TrainConfig(
+        epochs=config.epochs, batch_size=min(config.batch_size, len(feats)), grad_clip=config.clip_grad,
+        optimizer=OptimizerConfig(name="sgd", lr=config.lr, momentum=config.momentum,
+                                  weight_decay=config.weight_decay, nesterov=False),
+        schedule=ScheduleConfig(name="cosine", warmup_epochs=0, min_lr_ratio=0.0), ema=EmaConfig(enabled=False),
+        precision="fp32", channels_last=False, device="cpu", select="last",
+    )  # fmt: skip
+    ctx = DistContext(0, 1, 0, torch.device("cpu"))
+    quiet = Console(stderr=True, quiet=True)
+
+    def on_epoch(history: list[dict[str, Any]]) -> None:
         if progress:
-            progress(epoch + 1, config.epochs)
+            progress(len(history), config.epochs)
+
+    with tempfile.TemporaryDirectory(prefix="coop-") as tmp:
+        result = train(objective, _Features(feats, labels, config.seed), cfg, Path(tmp), config.seed, ctx,
+                       stage="coop", console=quiet, on_epoch=on_epoch)  # fmt: skip
+    context.load_state_dict(result.weights)
     with torch.no_grad():
-        anchors = teacher.encode_with_context(context, tokens)
-    return CoOpResult(context.detach(), anchors.detach(), history)
+        anchors = objective.anchors()
+    history = [{"epoch": r["epoch"], "loss": r["train_loss"], "train_top1": r["train_top1"]} for r in result.history]
+    return CoOpResult(context.context.detach().clone(), anchors.detach(), history)
 
 
 def save_anchors(
