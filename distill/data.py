@@ -18,7 +18,7 @@ from distill.transforms import TrainTransform
 from runtime.datasets import Dataset
 from runtime.preprocess import PreprocessContract
 
-AUGMENT_STREAM, MODEL_STREAM = 0, 1
+AUGMENT_STREAM, MODEL_STREAM, STAGE_INIT_STREAM = 0, 1, 2
 
 
 def derive_seed(*keys: int) -> int:

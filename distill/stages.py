@@ -24,6 +24,7 @@ from rich.console import Console
 from torch.utils.data import Dataset as TorchDataset
 
 from distill.config import EmaConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+from distill.data import STAGE_INIT_STREAM, derive_seed
 from distill.distributed import DistContext
 from distill.engine import EngineResult, train
 from distill.evaluate import classifier_validator, val_metrics
@@ -135,7 +136,7 @@ def run_stages(env: StageEnv) -> StagesResult:
     summaries: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     precision = "fp32"
-    for planned in env.plan.stages:
+    for index, planned in enumerate(env.plan.stages):
         name = planned.stage.name
         folder = env.run_dir / "checkpoints" / name
         done = _finished(env, folder) if env.resume else None
@@ -149,6 +150,10 @@ def run_stages(env: StageEnv) -> StagesResult:
             continue
         kind = planned.stage.kind
         runner = {"psc": _run_psc, "intermediate": _run_intermediate, "student": _run_student}[kind]
+        # What a stage initialises (its network, condensation MLPs, adapters, heads) depends on the seed and
+        # the stage alone, never on the RNG state the earlier stages left: a stage started after a resume
+        # that skipped them begins exactly as in an uninterrupted run.
+        torch.manual_seed(derive_seed(env.seed, STAGE_INIT_STREAM, index))
         before = list(history)
 
         def on_epoch(rows: list[dict[str, Any]], before: list[dict[str, Any]] = before) -> None:
@@ -270,7 +275,6 @@ def _run_psc(env: StageEnv, planned: PlannedStage, folder: Path, on_epoch):
 def _run_intermediate(env: StageEnv, planned: PlannedStage, folder: Path, on_epoch):
     p = env.plan.params
     cfg = stage_train_config(env.train_cfg, planned, p["it_epochs"])
-    torch.manual_seed(env.seed + 1)
     it = create_student(p["it_model"], len(env.names), bool(p["it_pretrained"]))
     objective = planned.stage.objective(
         StageInputs(it, cfg.epochs, p, planned.stage.losses, cfg.label_smoothing, anchors=env.anchors)

@@ -76,7 +76,10 @@ def run_ok(cmd: list[str]) -> str:
 
 
 def progress(run: Path, stage: str) -> int:
-    """Optimizer steps of ``stage`` checkpointed so far (epochs x steps/epoch + steps into the epoch)."""
+    """Optimizer steps of ``stage`` checkpointed so far (epochs x 1000 + steps into the epoch); a finished
+    stage (its done.json written) counts as 10**6."""
+    if (run / "checkpoints" / stage / "done.json").is_file():
+        return 10**6
     pointer = run / "checkpoints" / stage / "last.json"
     if not pointer.is_file():
         return 0
@@ -87,14 +90,36 @@ def progress(run: Path, stage: str) -> int:
     return state["epochs_done"] * 1000 + state["steps_done"]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every descendant (torchrun starts its workers in sessions of their own: killpg misses them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
 def kill_during(cmd: list[str], run: Path, stage: str, target: int) -> None:
     proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None and progress(run, stage) < target:
         time.sleep(0.01)
     assert proc.poll() is None, f"finished before reaching {stage} step {target}; make the task bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in process_tree(proc.pid):  # the whole job at once, as when the machine goes down
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    time.sleep(0.5)  # let the kernel reap the workers before the rerun reads their files
     assert not (run / "student.safetensors").exists()
 
 
@@ -123,15 +148,27 @@ def full_runs(ws: dict[str, Path]) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize(("method", "stage"), [("pand", "psc"), ("pand", "student"),
-                                               ("dait_f", "intermediate"), ("dait_f", "student")])  # fmt: skip
+FIRST = {"pand": "psc", "dait_f": "intermediate"}
+
+
+@pytest.mark.parametrize(("method", "stage"), [("pand", "psc"), ("pand", "between"), ("pand", "student"),
+                                               ("dait_f", "intermediate"), ("dait_f", "between"),
+                                               ("dait_f", "student")])  # fmt: skip
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(ws, full_runs, tmp_path: Path, method, stage) -> None:
     rng = random.Random(f"{method}/{stage}")
     epoch, step = rng.randrange(2), rng.randrange(1, 3)  # steps/epoch: 6 (student, IT), 6 (PSC, batch 8)
     run = tmp_path / "killed"
-    kill_during(distill_cmd(recipe_for(ws, method), "--out", run), run, stage, epoch * 1000 + step)
+    cmd = distill_cmd(recipe_for(ws, method), "--out", run)
+    if stage == "between":  # as soon as the first stage's done-marker is written
+        kill_during(cmd, run, FIRST[method], 10**6)
+    else:
+        kill_during(cmd, run, stage, epoch * 1000 + step)
     log = run_ok(distill_cmd(run, "--resume"))  # the run directory's own config.yaml is the recipe
-    assert f"{stage} resumed from" in log.replace("\n", "")
+    if stage == "between":
+        assert f"{FIRST[method]}: finished in an earlier run" in log
+        stage = FIRST[method]
+    else:
+        assert f"{stage} resumed from" in log.replace("\n", "")
     assert_same_run(full_runs[method], run)
     done = json.loads((run / "checkpoints" / stage / "done.json").read_text())
     assert done["summary"]["selected_epoch"] >= 1
@@ -147,26 +184,28 @@ def test_resume_of_a_finished_run_skips_every_stage(ws, full_runs, tmp_path: Pat
     assert_same_run(full_runs["pand"], run)
 
 
-def test_ddp_two_ranks_shard_the_cache_and_resume_bit_identical(ws, full_runs, tmp_path: Path) -> None:
-    recipe = recipe_for(ws, "pand", cache="cache_ddp")
+@pytest.mark.parametrize(("method", "stage"), [("pand", "student"), ("dait_f", "intermediate")])
+def test_ddp_two_ranks_shard_the_cache_and_resume_bit_identical(ws, full_runs, tmp_path: Path, method, stage) -> None:
+    recipe = recipe_for(ws, method, cache=f"cache_ddp_{method}")
     ddp = tmp_path / "ddp"
     log = run_ok(distill_cmd(recipe, "--out", ddp, ranks=2))
     assert "2 rank(s) x 4/micro-batch" in log.replace("\n", "")
     # Each rank computed its own shards; together they are the single process's cache, byte for byte.
-    single, sharded = ws["tmp"] / "cache", ws["tmp"] / "cache_ddp"
+    single, sharded = ws["tmp"] / "cache", ws["tmp"] / f"cache_ddp_{method}"
     shard_files = sorted(p.relative_to(sharded) for p in sharded.rglob("*") if p.is_file())
     assert len([p for p in shard_files if p.suffix == ".npy"]) >= 6
     for rel in shard_files:
         assert (sharded / rel).read_bytes() == (single / rel).read_bytes(), rel
     # Metrics are reduced over ranks: every training image of the epoch is counted once.
     rows = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["train_images"] == 48 for r in rows if r["stage"] == "student")  # 6 steps x 8 (2 ranks x 4)
+    assert all(r["train_images"] == 48 for r in rows)  # 6 steps x 8 (2 ranks x 4), every stage
     manifest = json.loads((ddp / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["status"] == "trained"
 
     killed = tmp_path / "ddp_killed"
-    epoch, step = random.Random("ddp").randrange(2), random.Random("ddp-step").randrange(1, 4)
-    kill_during(distill_cmd(recipe, "--out", killed, ranks=2), killed, "student", epoch * 1000 + step)
+    rng = random.Random(f"ddp/{method}")
+    epoch, step = rng.randrange(2), rng.randrange(1, 4)
+    kill_during(distill_cmd(recipe, "--out", killed, ranks=2), killed, stage, epoch * 1000 + step)
     log = run_ok(distill_cmd(killed, "--resume", ranks=2))
-    assert "student resumed from" in log.replace("\n", "")
+    assert f"{stage} resumed from" in log.replace("\n", "")
     assert_same_run(ddp, killed)

@@ -139,7 +139,9 @@ def test_each_train_setting_changes_a_distill_stage(kd_recipe: Path, tmp_path: P
     base = distill(kd_recipe, tmp_path / "base", "train.select=last")
     again = distill(kd_recipe, tmp_path / "again", "train.select=last")
     assert all(torch.equal(base[k], again[k]) for k in base)  # deterministic: a difference below is the knob's
-    for knob in ("train.label_smoothing=0.3", "train.grad_clip=0.01", "train.ema.enabled=true", "train.accumulate=2"):
+    knobs = ("train.label_smoothing=0.3", "train.grad_clip=0.01", "train.ema.enabled=true", "train.accumulate=2",
+             "train.channels_last=true")  # fmt: skip
+    for knob in knobs:
         changed = distill(kd_recipe, tmp_path / knob, "train.select=last", knob)
         assert any(not torch.equal(base[k], changed[k]) for k in base if base[k].is_floating_point()), knob
     # select=best: the student is the epoch with the best validation top-1, recorded in the stage's marker
