@@ -23,8 +23,11 @@ def load_image_folder(root: str | os.PathLike[str], max_pixels: int = DEFAULT_MA
         raise DataError(f"{root}: no class sub-folders; expected {root}/<class name>/<image files>")
     paths: list[Path] = []
     labels: list[int] = []
+    real_root = root.resolve()
     for label, cls in enumerate(classes):
+        seen: set[Path] = set()
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+            _check_link(Path(dirpath), real_root, seen)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in sorted(filenames):
                 if not fname.startswith(".") and fname.lower().endswith(IMAGE_EXTENSIONS):
@@ -33,6 +36,17 @@ def load_image_folder(root: str | os.PathLike[str], max_pixels: int = DEFAULT_MA
     if not paths:
         raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under the class folders")
     return FileDataset(root.name, paths, np.asarray(labels, np.int64), classes, root, max_pixels)
+
+
+def _check_link(folder: Path, real_root: Path, seen: set[Path]) -> None:
+    """Symlinked folders are followed once and only inside the dataset: a loop would read the same images
+    again and again, a link out of the root would train on files the manifest's fingerprint does not name."""
+    real = folder.resolve()
+    if real in seen:
+        raise DataError(f"{folder}: a symlink loop (back to {real}); remove the link")
+    if real != real_root and real_root not in real.parents:
+        raise DataError(f"{folder}: a symlink out of the dataset root {real_root} (to {real}); copy the images in")
+    seen.add(real)
 
 
 # ---------------------------------------------------------------- CSV manifest

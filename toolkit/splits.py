@@ -11,7 +11,7 @@ from rich.console import Console
 from export.calibration import stratified_sample
 from runtime.datasets import Dataset
 from runtime.split import stratified_split
-from toolkit.datacheck import check_dataset
+from toolkit.datacheck import check_dataset, check_shots, check_trainable
 from toolkit.recipe import Recipe
 
 
@@ -26,9 +26,11 @@ class Splits:
 def recipe_splits(recipe: Recipe, console: Console) -> Splits:
     data = recipe.data
     full, bad = check_dataset(data.train.to_source(data.max_pixels).open(), data.on_bad_image, console)
+    check_trainable(full, data.val_fraction)
     train_idx, val_idx = stratified_split(full.labels, data.val_fraction, recipe.seed)
     train = full.subset(train_idx)
     shots = recipe.distill.shots if recipe.distill is not None else 0
+    check_shots(train, shots)
     if shots:
         train = train.subset(stratified_sample(train.labels, shots * len(full.class_names), recipe.seed))
     return Splits(full, bad, train, full.subset(val_idx) if len(val_idx) else None)

@@ -23,7 +23,7 @@ from runtime.atomic import write_json, write_text
 from runtime.errors import ToolkitError
 from runtime.sources import align_classes
 from runtime.split import stratified_split
-from toolkit.datacheck import check_dataset
+from toolkit.datacheck import check_dataset, check_trainable
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
@@ -75,6 +75,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
     data_cfg = recipe.data
     full = data_cfg.train.to_source(data_cfg.max_pixels).open()
     full, bad = check_dataset(full, data_cfg.on_bad_image, console, show=ctx.is_main)
+    check_trainable(full, data_cfg.val_fraction)
     train_idx, val_idx = stratified_split(full.labels, data_cfg.val_fraction, recipe.seed)
     train_set, val_set = full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
     contract = recipe.contract(full.class_names)
