@@ -258,7 +258,9 @@ def train(
                 raise ToolkitError(f"{name}epoch {epoch + 1}: DDP ranks hold different weights ({digests})")
         count = reduced.pop("count")
         row: dict[str, Any] = ({"stage": stage} if stage else {}) | {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": reduced.pop("loss") / count,
+            "epoch": epoch + 1, "lr": cfg.optimizer.lr * lr_factor(cfg.schedule, epoch * steps_per_epoch,
+                                                                 steps_per_epoch, cfg.epochs),
+            "lr_end": optimizer.param_groups[0]["lr"], "train_loss": reduced.pop("loss") / count,
             "train_top1": reduced.pop("correct") / count,
         }  # fmt: skip
         row.update({f"loss_{k}": v / count for k, v in reduced.items()})

@@ -70,6 +70,14 @@ def test_selection_returns_the_chosen_epochs_weights(tmp_path: Path, select: str
     assert [r["val_top1"] for r in result.history] == [0.5, 0.9, 0.1]
 
 
+def test_rows_record_the_learning_rate_each_epoch_starts_and_ends_with(tmp_path: Path) -> None:
+    # The report's training table showed 0 for PSC: the last scheduled value of a cosine that ends at 0.
+    result = train(Linear(3), data(), cfg(), tmp_path, 0, CPU, console=quiet())
+    lrs = [(r["lr"], r["lr_end"]) for r in result.history]
+    assert lrs[0][0] == 0.5 and all(start > end > 0 for start, end in lrs)
+    assert [r["lr"] for r in result.history] == sorted((r["lr"] for r in result.history), reverse=True)
+
+
 def test_accumulation_matches_the_full_batch_step(tmp_path: Path) -> None:
     whole = train(Linear(2), data(), cfg(epochs=2), tmp_path / "a", 0, CPU, console=quiet())
     accumulated = train(Linear(2), data(), cfg(epochs=2, accumulate=4), tmp_path / "b", 0, CPU, console=quiet())
