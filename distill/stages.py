@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from distill.precision import resolve_channels_last, resolve_precision
 from distill.students import create_student
 from distill.teacher_cache import TeacherCache
 from distill.teachers.base import Teacher
-from distill.teachers.coop import image_features, save_anchors
+from distill.teachers.coop import FeatureDataset, image_features, save_anchors
 from distill.weights import load_state_dict, save_state_dict
 from runtime.atomic import write_json
 from runtime.datasets import Dataset
@@ -83,7 +83,6 @@ class StagesResult:
     anchors: torch.Tensor | None
     intermediate: torch.nn.Module | None
     precision: str = "fp32"
-    skipped: list[str] = field(default_factory=list)
 
 
 def stage_train_config(train: TrainConfig, planned: PlannedStage, default_epochs: int | None = None) -> TrainConfig:
@@ -112,29 +111,16 @@ def psc_train_config(train: TrainConfig, planned: PlannedStage, p: dict[str, Any
     )  # fmt: skip
 
 
-class CachedEmbeddings(TorchDataset):
-    """PSC's training data: (teacher embedding of this epoch's crop, label): the same crop schedule the
-    student stage replays, so both stages see the same views."""
-
-    def __init__(self, cache: TeacherCache, labels: np.ndarray) -> None:
-        self.cache, self.labels, self.epoch = cache, labels, 0
-        self.table = torch.from_numpy(cache.embeddings())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.table[i, self.cache.crop_for_epoch(i, self.epoch)], int(self.labels[i])
+def cached_embeddings(cache: TeacherCache, labels: np.ndarray) -> FeatureDataset:
+    """PSC's training data: the teacher embedding of each image's crop of the epoch, on the cache's crop
+    schedule (the student stage replays the same crops)."""
+    return FeatureDataset(torch.from_numpy(cache.embeddings()), labels, crop_for=cache.crop_for_epoch)
 
 
 def run_stages(env: StageEnv) -> StagesResult:
     """Run (or, on resume, skip or continue) every planned stage; returns what the last one produced."""
     history: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
-    skipped: list[str] = []
     precision = "fp32"
     for index, planned in enumerate(env.plan.stages):
         name = planned.stage.name
@@ -146,7 +132,6 @@ def run_stages(env: StageEnv) -> StagesResult:
                 env.console.print(f"{name}: finished in an earlier run ({folder / DONE}); skipped")
             summaries[name], rows = done["summary"], done["rows"]
             history.extend(rows)
-            skipped.append(name)
             continue
         kind = planned.stage.kind
         runner = {"psc": _run_psc, "intermediate": _run_intermediate, "student": _run_student}[kind]
@@ -173,7 +158,7 @@ def run_stages(env: StageEnv) -> StagesResult:
         env.ctx.barrier()
         summaries[name] = summary
         history.extend(result.history)
-    return StagesResult(summaries, history, env.student, env.anchors, env.intermediate, precision, skipped)
+    return StagesResult(summaries, history, env.student, env.anchors, env.intermediate, precision)
 
 
 def _finished(env: StageEnv, folder: Path) -> dict[str, Any] | None:
@@ -254,7 +239,7 @@ def _run_psc(env: StageEnv, planned: PlannedStage, folder: Path, on_epoch):
                 logits = teacher.zero_shot_logits(val_feats, anchors).float().cpu().numpy()
             return val_metrics(logits, labels)
 
-    result = _engine(env, "psc", objective, CachedEmbeddings(cache, env.train_set.labels), cfg, folder, validate,
+    result = _engine(env, "psc", objective, cached_embeddings(cache, env.train_set.labels), cfg, folder, validate,
                      on_epoch)  # fmt: skip
     with torch.no_grad():
         anchors = objective.anchors().detach().cpu()

@@ -4,6 +4,7 @@ builds the teacher cache sharded over both ranks, byte-identical to a single pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -114,10 +115,8 @@ def kill_during(cmd: list[str], run: Path, stage: str, target: int) -> None:
         time.sleep(0.01)
     assert proc.poll() is None, f"finished before reaching {stage} step {target}; make the task bigger"
     for pid in process_tree(proc.pid):  # the whole job at once, as when the machine goes down
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     proc.wait()
     time.sleep(0.5)  # let the kernel reap the workers before the rerun reads their files
     assert not (run / "student.safetensors").exists()

@@ -80,11 +80,15 @@ class CoOpResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class _Features(torch.utils.data.Dataset):
-    """(feature, label) per image; with M crops per image, epoch e uses a crop drawn from (seed, image, e)."""
+class FeatureDataset(torch.utils.data.Dataset):
+    """CoOp's training items: (image feature, label). With M crops per image (N, M, D), epoch e uses crop
+    ``crop_for(i, e)`` of image i: by default one drawn from (seed, image, epoch); PAND's PSC stage passes the
+    teacher cache's schedule, so it sees the same views as the student stage."""
 
-    def __init__(self, feats: torch.Tensor, labels: np.ndarray, seed: int) -> None:
+    def __init__(self, feats: torch.Tensor, labels: np.ndarray, seed: int = 0,
+                 crop_for: Callable[[int, int], int] | None = None) -> None:  # fmt: skip
         self.feats, self.labels, self.seed, self.epoch = feats.float(), labels, seed, 0
+        self.crop_for = crop_for or self._drawn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -95,8 +99,10 @@ class _Features(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         if self.feats.ndim == 2:
             return self.feats[i], int(self.labels[i])
-        crop = int(np.random.default_rng([self.seed, i, self.epoch]).integers(self.feats.shape[1]))
-        return self.feats[i, crop], int(self.labels[i])
+        return self.feats[i, self.crop_for(i, self.epoch)], int(self.labels[i])
+
+    def _drawn(self, i: int, epoch: int) -> int:
+        return int(np.random.default_rng([self.seed, i, epoch]).integers(self.feats.shape[1]))
 
 
 def calibrate(
@@ -134,7 +140,7 @@ def calibrate(
             progress(len(history), config.epochs)
 
     with tempfile.TemporaryDirectory(prefix="coop-") as tmp:
-        result = train(objective, _Features(feats, labels, config.seed), cfg, Path(tmp), config.seed, ctx,
+        result = train(objective, FeatureDataset(feats, labels, config.seed), cfg, Path(tmp), config.seed, ctx,
                        stage="coop", console=quiet, on_epoch=on_epoch)  # fmt: skip
     context.load_state_dict(result.weights)
     with torch.no_grad():
