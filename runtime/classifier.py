@@ -19,6 +19,7 @@ from PIL import Image
 
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.metrics import softmax
 from runtime.preprocess import PreprocessContract
 
 META_PREPROCESS = "toolkit.preprocess"
@@ -51,9 +52,7 @@ class Classifier(ABC):
 
     def classify(self, images: list[Image.Image]) -> list[tuple[str, float]]:
         """Raw PIL images -> (label, softmax score) each, through the model's own preprocessing."""
-        logits = self.run(self.contract.batch(images)).astype(np.float64)
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
+        probs = softmax(self.run(self.contract.batch(images)))
         return [(self.contract.class_names[i], float(p[i])) for p, i in zip(probs, probs.argmax(1))]
 
     def input_spec(self) -> dict[str, object]:
@@ -96,11 +95,16 @@ class OnnxClassifier(Classifier):
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_PREPROCESS not in meta:
             raise ToolkitError(f"{self.path}: no '{META_PREPROCESS}' metadata; export it with `toolkit export`")
-        self.contract = PreprocessContract.from_dict(json.loads(meta[META_PREPROCESS]))
-        self.input_name = self.session.get_inputs()[0].name
+        self.contract = load_contract(self.path, meta[META_PREPROCESS])
+        graph_input = self.session.get_inputs()[0]
+        check_input_shape(self.path, [d if isinstance(d, int) else None for d in graph_input.shape], self.contract)
+        self.input_name = graph_input.name
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        try:
+            return self.session.run(None, {self.input_name: batch})[0]
+        except Exception as exc:  # noqa: BLE001 - ORT's own exception types
+            raise ToolkitError(f"{self.path}: ONNX Runtime failed on a {tuple(batch.shape)} batch ({exc})") from exc
 
 
 class OpenVinoClassifier(Classifier):
@@ -119,7 +123,9 @@ class OpenVinoClassifier(Classifier):
             raise ToolkitError(f"{self.path}: OpenVINO cannot read it ({type(exc).__name__}: {exc})") from exc
         if not model.has_rt_info(OV_PREPROCESS):
             raise ToolkitError(f"{self.path}: no toolkit/preprocess rt_info; export it with `toolkit export`")
-        self.contract = PreprocessContract.from_dict(json.loads(model.get_rt_info(OV_PREPROCESS).astype(str)))
+        self.contract = load_contract(self.path, model.get_rt_info(OV_PREPROCESS).astype(str))
+        shape = model.inputs[0].get_partial_shape()
+        check_input_shape(self.path, [d.get_length() if d.is_static else None for d in shape], self.contract)
         config: dict[str, object] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
         if device.upper().startswith("CPU"):
             # On CPUs with native bf16 (avx512_bf16, AMX) OpenVINO's default runs float layers in bf16: the
@@ -145,7 +151,10 @@ class TensorRTClassifier(Classifier):
             from cuda.bindings import runtime as cudart
         except ImportError as exc:
             raise ToolkitError(f"{self.path}: running an engine needs tensorrt and cuda-python ({exc})") from exc
-        self.contract = PreprocessContract.from_dict(json.loads(sidecar.read_text())["preprocess"])
+        try:
+            self.contract = PreprocessContract.from_dict(json.loads(sidecar.read_text())["preprocess"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ToolkitError(f"{sidecar}: not a valid engine sidecar ({exc!r}); re-export the engine") from exc
         self._cudart = cudart
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
@@ -206,6 +215,31 @@ def open_classifier(
     if path.suffix in (".engine", ".plan"):
         return TensorRTClassifier(path)
     raise ToolkitError(f"{path}: unknown model kind; expected .onnx, OpenVINO .xml or TensorRT .engine")
+
+
+def load_contract(path: Path, text: str) -> PreprocessContract:
+    """The contract stored in a model file, or an error naming the file when it is not valid."""
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return PreprocessContract.from_dict(data)
+    except (ValueError, TypeError, ToolkitError) as exc:
+        raise ToolkitError(
+            f"{path}: its preprocessing metadata is invalid ({exc}); re-export it with `toolkit export`"
+        ) from exc
+
+
+def check_input_shape(path: Path, shape: list[int | None], contract: PreprocessContract) -> None:
+    """The graph's input (N, 3, H, W) must agree with the contract's input size wherever it is static."""
+    h, w = contract.input_size
+    want = [None, 3, h, w]
+    if len(shape) != 4 or any(s is not None and s != v for s, v in zip(shape[1:], want[1:])):
+        got = "x".join(("N" if i == 0 else "?") if s is None else str(s) for i, s in enumerate(shape))
+        raise ToolkitError(
+            f"{path}: the model's input is {got} but its preprocessing metadata says Nx3x{h}x{w}; "
+            "re-export the model so that both agree"
+        )
 
 
 def contract_batches(dataset: Dataset, contract: PreprocessContract, batch_size: int) -> Iterator[np.ndarray]:

@@ -72,26 +72,6 @@ def test_predict_py_matches_toolkit_eval(exported, tmp_path: Path, artifact: str
         assert float(row["score"]) == pytest.approx(float(p.max()), abs=1e-5)
 
 
-def test_predict_py_errors_are_one_clear_line(exported, tmp_path: Path) -> None:
-    run, images = exported
-    bad = tmp_path / "plain.onnx"
-    shutil.copy(run / "model.onnx", bad)
-    import onnx
-
-    proto = onnx.load(str(bad))
-    del proto.metadata_props[:]
-    onnx.save(proto, str(bad))
-    for args, message in (
-        ([str(bad), str(images)], "no toolkit.preprocess metadata"),
-        ([str(run / "model.onnx"), str(tmp_path / "nope")], "no such file or folder"),
-        ([str(run / "model.onnx"), str(images), "--provider", "NopeExecutionProvider"], "is not in this onnxruntime"),
-    ):
-        proc = subprocess.run([sys.executable, str(PREDICT), *args, "--out", str(tmp_path / "o.csv")],
-                              capture_output=True, text=True)  # fmt: skip
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "o.csv").exists()
-
-
 def test_predict_py_serves_http(exported) -> None:
     run, images = exported
     with socket.socket() as s:
