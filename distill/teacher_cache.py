@@ -14,6 +14,7 @@ checksum does not match is reported and never used.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -32,6 +33,7 @@ from runtime.atomic import write_json
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
+from runtime.locks import release, try_flock, wait_flock
 from runtime.preprocess import PreprocessContract
 
 FORMAT = 1
@@ -209,11 +211,22 @@ def build_cache(
 ) -> int:
     """Build this rank's missing shards; returns how many it built. A stale cache (other key) is cleared."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / "manifest.json"
+    # Builders of this key share the cache lock; clearing a stale cache needs it alone (another job building
+    # into the same folder with another key is an error, not a silent mix of two caches).
+    cache_lock = root / ".cache.lock"
+    fd: int | None = None
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("key") != spec.to_dict() or old.get("shard_size") != shard_size:
             if rank == 0:
+                fd = try_flock(cache_lock, exclusive=True)
+                if fd is None:
+                    raise ToolkitError(
+                        f"{root}: stale cache, and another process is building it for another key; wait for it, "
+                        "or give this run its own distill.cache.dir"
+                    )
                 changed = sorted(k for k in spec.to_dict() if old.get("key", {}).get(k) != spec.to_dict()[k])
                 log(f"{root}: stale cache (changed: {', '.join(changed) or 'shard size'}); rebuilding")
                 for p in root.glob("shard-*"):
@@ -224,26 +237,59 @@ def build_cache(
     manifest = {"format": FORMAT, "key": spec.to_dict(), "shard_size": shard_size, "num_shards": n_shards}
     if rank == 0 or not manifest_path.is_file():
         write_json(manifest_path, manifest)
+    if fd is None:
+        fd = wait_flock(cache_lock, exclusive=False)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_SH)
     recipe = CropRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.recipe.items()})
-    built = 0
-    teacher.eval()
-    for s in range(rank, n_shards, world_size):
+
+    def build(s: int) -> int:
         if (root / f"shard-{s:05d}.json").is_file():
-            continue
+            return 0
         start, stop = s * shard_size, min((s + 1) * shard_size, spec.num_images)
         arrays = _compute_shard(teacher, dataset, spec, recipe, range(start, stop), anchors, batch_size, progress)
-        folder = root / f"shard-{s:05d}"
-        tmp = root / f".shard-{s:05d}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, array in arrays.items():
-            np.save(tmp / f"{name}.npy", array)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.npy"))}
-        write_json(root / f"shard-{s:05d}.json", {"start": start, "stop": stop, "files": files})
-        built += 1
+        _write_shard(root, s, start, stop, arrays)
+        return 1
+
+    built, busy = 0, []
+    teacher.eval()
+    try:
+        for s in range(rank, n_shards, world_size):
+            if (root / f"shard-{s:05d}.json").is_file():
+                continue
+            shard_fd = try_flock(root / f".shard-{s:05d}.lock")
+            if shard_fd is None:
+                busy.append(s)
+                continue
+            try:
+                built += build(s)
+            finally:
+                release(shard_fd, root / f".shard-{s:05d}.lock")
+        for s in busy:  # another process builds it: wait, then use its shard (or build it if that process died)
+            lock = root / f".shard-{s:05d}.lock"
+            log(f"{root}: shard {s} is being built by another process; waiting for it")
+            shard_fd = wait_flock(lock)
+            try:
+                built += build(s)
+            finally:
+                release(shard_fd, lock)
+    finally:
+        release(fd)
     return built
+
+
+def _write_shard(root: Path, s: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
+    """The shard's arrays into a temp folder renamed into place, then its checksums (written last: complete)."""
+    folder = root / f"shard-{s:05d}"
+    tmp = root / f".shard-{s:05d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.npy"))}
+    write_json(root / f"shard-{s:05d}.json", {"start": start, "stop": stop, "files": files})
 
 
 def _wait_for_key(manifest_path: Path, spec: CacheSpec, shard_size: int, timeout_s: float = 600.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from importlib import resources
@@ -41,6 +42,13 @@ def _default_run_dir(name: str) -> Path:
     return Path("runs") / name
 
 
+def _locked(run_dir: Path):  # noqa: ANN202 - a context manager
+    """One writer per run directory: a second command on it exits naming the holder."""
+    from runtime.locks import run_lock
+
+    return run_lock(run_dir, "toolkit " + " ".join(sys.argv[1:3]), log=console.print)
+
+
 @app.command()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
@@ -71,7 +79,8 @@ def train(
     r = load_recipe(recipe, overrides)
     run_dir = out_dir or _default_run_dir(r.name)
     t0 = time.perf_counter()
-    metrics = run_train(r, run_dir, resume=resume, force=force, console=console)
+    with _locked(run_dir):
+        metrics = run_train(r, run_dir, resume=resume, force=force, console=console)
     if metrics:
         console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s)")
 
@@ -115,7 +124,8 @@ def distill(
     r = load_recipe(recipe, overrides)
     run_dir = out_dir or _default_run_dir(r.name)
     t0 = time.perf_counter()
-    metrics = run_distill(r, run_dir, force=force, resume=resume, console=console)
+    with _locked(run_dir):
+        metrics = run_distill(r, run_dir, force=force, resume=resume, console=console)
     if metrics:
         test = f", test top-1 {metrics['test_top1']:.4f}" if "test_top1" in metrics else ""
         console.print(f"run directory: {run_dir}  ({time.perf_counter() - t0:.0f}s{test})")
@@ -135,7 +145,8 @@ def run_(
 
     r = load_recipe(recipe, set_)
     run_dir = out_dir or _default_run_dir(r.name)
-    _print_headline(run_pipeline(r, run_dir, console, force=force))
+    with _locked(run_dir):
+        _print_headline(run_pipeline(r, run_dir, console, force=force))
 
 
 def _print_headline(h: dict) -> None:
@@ -202,8 +213,9 @@ def eval_(
     each through its own preprocessing, written to RUN/eval/<data>/ (artifacts under artifacts/<name>/)."""
     from toolkit.evaluation import evaluate_run
 
-    for line in evaluate_run(run, data, artifact, batch_size, console, max_pixels, on_bad_image):
-        out.print(line)
+    with _locked(run):
+        for line in evaluate_run(run, data, artifact, batch_size, console, max_pixels, on_bad_image):
+            out.print(line)
 
 
 @app.command("export")
@@ -246,18 +258,19 @@ def export_(
     from toolkit.exporting import run_export
 
     targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
-    run_export(
-        run,
-        int8=int8,
-        targets=targets,
-        calib_size=calib_size,
-        calib_method=calib_method,
-        tolerance_points=tolerance,
-        max_float_layers=max_float_layers,
-        held_out_images=held_out_images,
-        allow_fail=allow_fail,
-        console=console,
-    )
+    with _locked(run):
+        run_export(
+            run,
+            int8=int8,
+            targets=targets,
+            calib_size=calib_size,
+            calib_method=calib_method,
+            tolerance_points=tolerance,
+            max_float_layers=max_float_layers,
+            held_out_images=held_out_images,
+            allow_fail=allow_fail,
+            console=console,
+        )
 
 
 TargetsFile = Annotated[
@@ -304,7 +317,8 @@ def bench(
     from toolkit.benching import run_bench
 
     limits = RunLimits(warmup, min_duration, min_queries, max_duration)
-    run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file)
+    with _locked(path) if path.is_dir() else contextlib.nullcontext():
+        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file)
 
 
 @app.command()
@@ -319,7 +333,8 @@ def report(
     from runtime.report import build_report
     from runtime.report_render import render
 
-    paths = render(build_report(run, dataset), run)
+    with _locked(run):
+        paths = render(build_report(run, dataset), run)
     out.print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
 
 
@@ -362,7 +377,8 @@ def teacher_zeroshot(
     """The teacher's zero-shot top-1 on a dataset (template prompts, or calibrated anchors)."""
     from toolkit.teaching import run_zeroshot
 
-    r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit, run)
+    with _locked(run) if run is not None else contextlib.nullcontext():
+        r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit, run)
     out.print(f"{r['teacher']}: top-1 {r['top1']:.4f} on {r['n']} images of {r['data']} ({r['anchors']})")
 
 
@@ -485,7 +501,8 @@ def demo(
 
     with resources.as_file(resources.files("toolkit") / "recipes" / "demo.yaml") as path:
         r = load_recipe(path, set_)
-    _print_headline(run_pipeline(r, out_dir, console, force=force))
+    with _locked(out_dir):
+        _print_headline(run_pipeline(r, out_dir, console, force=force))
 
 
 lavid_app = typer.Typer(help="LaViD: MCQ sets and language-model concept signatures.", no_args_is_help=True)

@@ -23,6 +23,7 @@ from typing import Any
 from runtime.atomic import write_json
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
+from runtime.locks import LOCK_NAME
 
 PACKAGES = ("edge-distill-toolkit", "torch", "torchvision", "timm", "numpy", "pillow", "safetensors", "pydantic")
 
@@ -62,10 +63,10 @@ def prepare_run_dir(path: Path, resume: bool, force: bool) -> Path:
     """Create ``path``; refuse to mix a new run into an old one unless told to resume or overwrite.
     Overwriting keeps ``pipeline.json``: `toolkit run` records there that its step is running (to continue it
     after a kill) before the step starts over in the directory."""
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and any(p.name != LOCK_NAME for p in path.iterdir()):
         if force and not resume:
             for child in path.iterdir():
-                if child.name == "pipeline.json":
+                if child.name in ("pipeline.json", LOCK_NAME):
                     continue
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         elif not resume:
