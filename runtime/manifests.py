@@ -12,9 +12,18 @@ from runtime.datasets import FileDataset
 from runtime.errors import DataError
 from runtime.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
 
+SYMLINK_POLICIES = ("refuse", "follow_once")
 
-def load_image_folder(root: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> FileDataset:
-    """``root/<class>/<image>``: classes are the sorted sub-folder names (torchvision's convention)."""
+
+def load_image_folder(
+    root: str | os.PathLike[str], max_pixels: int = DEFAULT_MAX_PIXELS, symlinks: str = "refuse"
+) -> FileDataset:
+    """``root/<class>/<image>``: classes are the sorted sub-folder names (torchvision's convention).
+
+    Symlinked folders inside the root are followed. ``symlinks`` "refuse" makes a loop or a link out of the root
+    an error; "follow_once" reads every real folder once (a loop ends where it comes back) wherever it lies."""
+    if symlinks not in SYMLINK_POLICIES:
+        raise DataError(f"data.symlinks {symlinks!r} is not one of {SYMLINK_POLICIES}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: ImageFolder root is not a directory")
@@ -27,7 +36,14 @@ def load_image_folder(root: str | os.PathLike[str], max_pixels: int = DEFAULT_MA
     for label, cls in enumerate(classes):
         seen: set[Path] = set()
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            _check_link(Path(dirpath), real_root, seen)
+            if symlinks == "follow_once":
+                real = Path(dirpath).resolve()
+                if real in seen:
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
+            else:
+                _check_link(Path(dirpath), real_root, seen)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in sorted(filenames):
                 if not fname.startswith(".") and fname.lower().endswith(IMAGE_EXTENSIONS):
@@ -43,9 +59,14 @@ def _check_link(folder: Path, real_root: Path, seen: set[Path]) -> None:
     again and again, a link out of the root would train on files the manifest's fingerprint does not name."""
     real = folder.resolve()
     if real in seen:
-        raise DataError(f"{folder}: a symlink loop (back to {real}); remove the link")
+        raise DataError(
+            f"{folder}: a symlink loop (back to {real}); remove the link, or set data.symlinks: follow_once"
+        )
     if real != real_root and real_root not in real.parents:
-        raise DataError(f"{folder}: a symlink out of the dataset root {real_root} (to {real}); copy the images in")
+        raise DataError(
+            f"{folder}: a symlink out of the dataset root {real_root} (to {real}); copy the images in, or set "
+            "data.symlinks: follow_once"
+        )
     seen.add(real)
 
 

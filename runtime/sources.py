@@ -30,6 +30,7 @@ class DataSource:
     split: str = "train"
     download: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    symlinks: str = "refuse"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -41,11 +42,11 @@ class DataSource:
         if self.kind == "fashion_mnist":
             return load_fashion_mnist(self.split, self.path, self.download)
         if self.kind == "imagefolder":
-            return load_image_folder(self.path, self.max_pixels)  # type: ignore[arg-type]
+            return load_image_folder(self.path, self.max_pixels, self.symlinks)  # type: ignore[arg-type]
         return load_csv_manifest(self.path, class_names, self.max_pixels)  # type: ignore[arg-type]
 
 
-def parse_data_arg(arg: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DataSource:
+def parse_data_arg(arg: str, max_pixels: int = DEFAULT_MAX_PIXELS, symlinks: str = "refuse") -> DataSource:
     """CLI form: ``fashion_mnist:test`` / ``fashion_mnist:train[:DIR]``, a ``.csv`` file, or an ImageFolder dir."""
     if arg.startswith("fashion_mnist"):
         parts = arg.split(":", 2)
@@ -55,7 +56,7 @@ def parse_data_arg(arg: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DataSource
     if path.suffix.lower() == ".csv":
         return DataSource("csv", str(path), max_pixels=max_pixels)
     if path.is_dir():
-        return DataSource("imagefolder", str(path), max_pixels=max_pixels)
+        return DataSource("imagefolder", str(path), max_pixels=max_pixels, symlinks=symlinks)
     raise DataError(
         f"--data {arg!r}: not an ImageFolder directory, a .csv manifest or fashion_mnist:<train|test>[:DIR]"
     )
@@ -93,7 +94,7 @@ def check_images(
     return base.subset(keep), report
 
 
-def align_classes(dataset: Dataset, class_names: list[str]) -> Dataset:
+def align_classes(dataset: Dataset, class_names: list[str], whose: str = "the model's classes") -> Dataset:
     """Re-index ``dataset``'s labels onto ``class_names`` (a model's classes), matching by name.
 
     An evaluation folder may hold a subset of the classes, in any order; a class the model does not
@@ -104,8 +105,12 @@ def align_classes(dataset: Dataset, class_names: list[str]) -> Dataset:
     index = {c: i for i, c in enumerate(class_names)}
     unknown = [c for c in dataset.class_names if c not in index]
     if unknown:
-        hint = did_you_mean(unknown[0], class_names)
-        raise DataError(f"dataset {dataset.name!r} has classes the model does not know: {unknown}.{hint}")
+        hints = "".join(f" {c!r}:{did_you_mean(c, class_names) or ' no close match.'}" for c in unknown[:5])
+        where = getattr(dataset, "root", None) or dataset.name
+        raise DataError(
+            f"{where}: class(es) {unknown} are not among {whose} {list(class_names)};{hints} Rename the folders "
+            "(or labels) to match, or remove them"
+        )
     mapping = [index[c] for c in dataset.class_names]
     if not isinstance(dataset, (FileDataset, ArrayDataset)):
         raise DataError(f"dataset {dataset.name!r} cannot be re-labelled; open it from its source")

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from runtime.errors import ToolkitError
 from toolkit.cli import app
+from toolkit.recipe import load_recipe
 
 runner = CliRunner()
 
@@ -65,7 +66,26 @@ def test_symlinked_folders_that_loop_or_leave_the_root_are_refused(tmp_path: Pat
         elsewhere = write_image_folder(tmp_path / "elsewhere", per_class=1)
         os.symlink(elsewhere, first / "more")
     expected = "a symlink loop" if target == "loop" else "a symlink out of the dataset root"
-    fails_cleanly(train(write_recipe(tmp_path / "r.yaml", data), tmp_path / "run"), tmp_path / "run", expected)
+    fails_cleanly(train(write_recipe(tmp_path / "r.yaml", data), tmp_path / "run"), tmp_path / "run", expected,
+                  "data.symlinks: follow_once")  # fmt: skip
+    # With the flag, each real folder is read once: the loop adds nothing, the outside folder its 4 images.
+    recipe = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    recipe["data"]["symlinks"] = "follow_once"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    loaded = load_recipe(tmp_path / "r.yaml").data.open_train()
+    assert len(loaded) == 16 + (0 if target == "loop" else 4)
+    assert len({p.resolve() for p in loaded.paths}) == len(loaded)
+
+
+def test_test_classes_the_training_set_lacks_are_named_with_a_suggestion(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "d", per_class=4)
+    test = write_image_folder(tmp_path / "t", per_class=1)
+    (test / "green").rename(test / "gren")
+    recipe = yaml.safe_load(write_recipe(tmp_path / "r.yaml", data).read_text())
+    recipe["data"]["test"] = {"kind": "imagefolder", "path": str(test)}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    fails_cleanly(train(tmp_path / "r.yaml", tmp_path / "run"), tmp_path / "run",
+                  str(test), "['gren']", 'Did you mean "green"?', "the training set's classes")  # fmt: skip
 
 
 def test_too_few_images_for_the_few_shot_selection_are_refused(tmp_path: Path) -> None:

@@ -203,8 +203,9 @@ def test_align_classes_maps_by_name(tmp_path: Path) -> None:
     model_classes = ["yellow", "red", "green", "blue", "purple"]
     aligned = align_classes(ds, model_classes)
     assert [model_classes[i] for i in aligned.labels] == ["blue", "green", "red", "yellow"]
-    with pytest.raises(DataError, match="does not know: \\['yellow'\\]"):
+    with pytest.raises(DataError, match="class\\(es\\) \\['yellow'\\] are not among the model's classes") as err:
         align_classes(ds, ["blue", "green", "red", "yelow"])
+    assert str(root) in str(err.value) and 'Did you mean "yelow"?' in str(err.value)
 
 
 def test_parse_data_arg(tmp_path: Path) -> None:

@@ -201,6 +201,9 @@ def eval_(
         str, typer.Option(help="error: stop naming the file; skip: leave it out and count it.")
     ] = "error",
     max_pixels: Annotated[int, typer.Option(help="Reject images larger than this many pixels.")] = 64_000_000,
+    symlinks: Annotated[
+        str, typer.Option(help="refuse: a symlink loop or a link out of the folder is an error; follow_once.")
+    ] = "refuse",
     artifact: Annotated[
         list[str],
         typer.Option(
@@ -214,7 +217,7 @@ def eval_(
     from toolkit.evaluation import evaluate_run
 
     with _locked(run):
-        for line in evaluate_run(run, data, artifact, batch_size, console, max_pixels, on_bad_image):
+        for line in evaluate_run(run, data, artifact, batch_size, console, max_pixels, on_bad_image, symlinks):
             out.print(line)
 
 

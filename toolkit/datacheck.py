@@ -9,16 +9,27 @@ from rich.console import Console
 from rich.progress import Progress
 
 from runtime.datasets import Dataset, FileDataset
+from runtime.duplicates import duplicates, overlap
 from runtime.errors import DataError
 from runtime.sources import check_images
 
 
 def check_dataset(dataset: Dataset, policy: str, console: Console, show: bool = True) -> tuple[Dataset, dict[str, Any]]:
-    """``runtime.sources.check_images`` with progress; prints how many images were skipped."""
+    """``runtime.sources.check_images`` with progress; prints how many images were skipped and which files are
+    byte-identical copies (the report records both)."""
     total = len(dataset) if isinstance(dataset, FileDataset) else 0
     with Progress(console=console, transient=True, disable=not (show and total)) as progress:
         task = progress.add_task(f"checking {total} images of {dataset.name}", total=total)
         clean, report = check_images(dataset, policy, on_item=lambda: progress.advance(task))
+    report["duplicates"] = dup = duplicates(dataset)
+    if dup.get("groups") and show:
+        console.print(
+            f"{dataset.name}: {dup['extra_copies']} duplicate file(s) (byte-identical) in {dup['groups']} group(s)"
+            + (f", {dup['conflicting_labels']} of them under different classes (label noise)"
+               if dup["conflicting_labels"] else "")
+            + f"; e.g. {', '.join(dup['examples'][0])}",
+            style="yellow", markup=False,
+        )  # fmt: skip
     if report["skipped"] and show:
         console.print(
             f"skipped {report['skipped']} unusable image(s) of {report['checked']} in {dataset.name} "
@@ -27,6 +38,20 @@ def check_dataset(dataset: Dataset, policy: str, console: Console, show: bool = 
             markup=False,
         )
     return clean, report
+
+
+def check_overlap(train: Dataset, test: Dataset | None, console: Console, show: bool = True) -> dict[str, Any]:
+    """Warn when test images are byte-identical to training images: the test accuracy would be inflated."""
+    if test is None:
+        return {"checked": False}
+    found = overlap(train, test)
+    if found.get("test_images_in_train") and show:
+        console.print(
+            f"{found['test_images_in_train']} test image(s) of {test.name} are copies of training images, so the "
+            f"test top-1 overstates accuracy; e.g. {found['examples'][0]}",
+            style="yellow", markup=False,
+        )  # fmt: skip
+    return found
 
 
 def check_trainable(dataset: Dataset, val_fraction: float) -> None:

@@ -34,7 +34,7 @@ from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
-from runtime.sources import align_classes
+from toolkit.datacheck import check_overlap
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
@@ -144,9 +144,8 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
             + (f"; first differences {', '.join(diff[:4])}" if diff else "")
         )
     contract = recipe.contract(names)
-    test = None
-    if data_cfg.test is not None:
-        test = align_classes(data_cfg.test.to_source(data_cfg.max_pixels).open(names), names)
+    test = data_cfg.open_test(names)
+    leak = check_overlap(full, test, console, show=ctx.is_main)
     anchors = None
     if cfg.anchors:
         anchors, _ = load_anchors(cfg.anchors, None, names)
@@ -176,7 +175,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
             data={"train": {"name": full.name, "fingerprint": full.fingerprint(), "n": len(full), "classes": names},
                   "distill_train": {"n": len(train_set), "shots_per_class": cfg.shots or None,
                                     "fingerprint": train_set.fingerprint()},
-                  "val_n": len(val_set) if val_set is not None else 0},
+                  "val_n": len(val_set) if val_set is not None else 0, "test_overlap": leak},
         )  # fmt: skip
     ctx.barrier()
 

@@ -150,7 +150,7 @@ def format_report(report: dict[str, Any], what: str = "student (PyTorch)") -> st
 
 def evaluate_run(
     run: Path, data: str, keys: list[str], batch_size: int, console: Any,
-    max_pixels: int = 64_000_000, on_bad_image: str = "error",
+    max_pixels: int = 64_000_000, on_bad_image: str = "error", symlinks: str = "refuse",
 ) -> list[str]:  # fmt: skip
     """`toolkit eval`: the student and/or artifacts (``keys``; "all" = every one) on ``data``; one summary each."""
     from runtime.artifacts import find_artifact, run_artifacts
@@ -161,7 +161,7 @@ def evaluate_run(
     keys = ["student", *(a.key for a in run_artifacts(run))] if "all" in keys else list(dict.fromkeys(keys))
     chosen = [None if k == "student" else find_artifact(run, k) for k in keys]
     names = list(contract.class_names)
-    dataset = align_classes(parse_data_arg(data, max_pixels).open(names), names)
+    dataset = align_classes(parse_data_arg(data, max_pixels, symlinks).open(names), names)
     dataset, _ = check_dataset(dataset, on_bad_image, console)
     lines = []
     for a in chosen:

@@ -168,7 +168,8 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
     test = data_arg(recipe.data.test)  # type: ignore[arg-type]
 
     def evaluate() -> list[Path]:
-        for line in evaluate_run(run_dir, test, ["all"], recipe.train.eval_batch_size, console):
+        for line in evaluate_run(run_dir, test, ["all"], recipe.train.eval_batch_size, console,
+                                 recipe.data.max_pixels, recipe.data.on_bad_image, recipe.data.symlinks):  # fmt: skip
             console.print(line.split("\n")[0])
         if recipe.distill is not None and recipe.distill.teacher:
             _teacher_eval(recipe, run_dir, test, console)

@@ -19,9 +19,10 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_valid
 from distill.config import DistillConfig, StrictModel, StudentConfig, TrainConfig
 from distill.methods.plan import plan_distillation
 from distill.students import student_input_stats
+from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.preprocess import PreprocessContract
-from runtime.sources import DataSource
+from runtime.sources import DataSource, align_classes
 
 
 class DataSourceConfig(StrictModel):
@@ -30,8 +31,8 @@ class DataSourceConfig(StrictModel):
     split: Literal["train", "test"] = "train"
     download: bool = Field(False, description="Fashion-MNIST only: download when not found (needs internet)")
 
-    def to_source(self, max_pixels: int) -> DataSource:
-        return DataSource(self.kind, self.path, self.split, self.download, max_pixels)
+    def to_source(self, max_pixels: int, symlinks: str = "refuse") -> DataSource:
+        return DataSource(self.kind, self.path, self.split, self.download, max_pixels, symlinks)
 
 
 class DataConfig(StrictModel):
@@ -40,6 +41,19 @@ class DataConfig(StrictModel):
     val_fraction: float = Field(0.1, ge=0.0, le=0.5, description="stratified validation split carved from train")
     on_bad_image: Literal["error", "skip"] = "error"
     max_pixels: PositiveInt = 64_000_000
+    symlinks: Literal["refuse", "follow_once"] = Field(
+        "refuse", description="ImageFolder symlinks that loop or leave the root: an error, or each folder read once"
+    )
+
+    def open_train(self) -> Dataset:
+        return self.train.to_source(self.max_pixels, self.symlinks).open()
+
+    def open_test(self, class_names: list[str]) -> Dataset | None:
+        """The test set with its labels on the training classes (a class the model does not know is an error)."""
+        if self.test is None:
+            return None
+        test = self.test.to_source(self.max_pixels, self.symlinks).open(class_names)
+        return align_classes(test, class_names, f"the training set's classes ({self.train.path or self.train.kind})")
 
 
 class PreprocessConfig(StrictModel):

@@ -25,7 +25,7 @@ class Splits:
 
 def recipe_splits(recipe: Recipe, console: Console) -> Splits:
     data = recipe.data
-    full, bad = check_dataset(data.train.to_source(data.max_pixels).open(), data.on_bad_image, console)
+    full, bad = check_dataset(data.open_train(), data.on_bad_image, console)
     check_trainable(full, data.val_fraction)
     train_idx, val_idx = stratified_split(full.labels, data.val_fraction, recipe.seed)
     train = full.subset(train_idx)

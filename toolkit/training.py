@@ -21,9 +21,8 @@ from distill.transforms import TrainTransform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
 from runtime.errors import ToolkitError
-from runtime.sources import align_classes
 from runtime.split import stratified_split
-from toolkit.datacheck import check_dataset, check_trainable
+from toolkit.datacheck import check_dataset, check_overlap, check_trainable
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
@@ -73,15 +72,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
             "`toolkit distill` (or `toolkit run`), or remove the section"
         )
     data_cfg = recipe.data
-    full = data_cfg.train.to_source(data_cfg.max_pixels).open()
+    full = data_cfg.open_train()
     full, bad = check_dataset(full, data_cfg.on_bad_image, console, show=ctx.is_main)
     check_trainable(full, data_cfg.val_fraction)
     train_idx, val_idx = stratified_split(full.labels, data_cfg.val_fraction, recipe.seed)
     train_set, val_set = full.subset(train_idx), (full.subset(val_idx) if len(val_idx) else None)
     contract = recipe.contract(full.class_names)
-    test = None
-    if data_cfg.test is not None:
-        test = align_classes(data_cfg.test.to_source(data_cfg.max_pixels).open(full.class_names), full.class_names)
+    test = data_cfg.open_test(full.class_names)
+    leak = check_overlap(full, test, console, show=ctx.is_main)
     s = recipe.student
     torch.manual_seed(recipe.seed)  # the student's initial weights
     model = create_student(s.name, len(full.class_names), s.pretrained, s.weights, s.drop_rate)
@@ -110,6 +108,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
                 "val_fingerprint": val_set.fingerprint() if val_set is not None else None,
             },
             "bad_images": bad,
+            "test_overlap": leak,
         }
         update_manifest(run_dir, data=data_section, seed=recipe.seed, world_size=ctx.world_size, status="training")
 
