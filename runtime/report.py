@@ -63,16 +63,33 @@ def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None
         metrics = json.loads((path.parent / "metrics.json").read_text())
         if key == "teacher":
             stages[0].update(top1=metrics["top1"])
+            if (path.parent / "indices.npy").is_file():
+                stages[0]["label"] += f" (on {metrics['n']:,} of the images)"
             continue
         label = "PyTorch student FP32" if key == "student" else KNOWN[key][0]
         previous = "teacher" if key == "student" else REFERENCE.get(key, "student")
         stage = {"stage": key, "label": label, "available": True, "top1": metrics["top1"]}
         if previous in logits and logits[previous].shape == logits[key].shape:
             stage.update(versus=previous, **compare_logits(logits[previous], logits[key]))
-        elif previous in logits:  # e.g. the teacher evaluated on a subset (--limit)
+        elif previous == "teacher" and (same := _on_teacher_images(base / "teacher", logits[key])) is not None:
+            subset, labels = same  # the teacher saw a subset (--limit): compare on exactly those images
+            stage.update(versus=previous, **compare_logits(logits[previous], subset))
+            top1_there = float((subset.argmax(1) == labels).mean())
+            stage["same_images"] = {"n": len(labels), "of": len(logits[key]), "top1": top1_there}
+        elif previous in logits:
             stage["note"] = f"not compared with {previous}: evaluated on different image sets"
         stages.append(stage)
     return stages
+
+
+def _on_teacher_images(folder: Path, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of ``logits`` for the images the teacher was evaluated on, and their labels; None if not saved."""
+    if not (folder / "indices.npy").is_file() or not (folder / "labels.npy").is_file():
+        return None
+    indices = np.load(folder / "indices.npy", allow_pickle=False)
+    if len(indices) and int(indices.max()) >= len(logits):
+        return None
+    return logits[indices], np.load(folder / "labels.npy", allow_pickle=False)
 
 
 def latency_table(run_dir: Path) -> list[dict[str, Any]]:

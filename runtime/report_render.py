@@ -53,9 +53,12 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             continue
         agreement = "-" if "agreement" not in s else _pct(s["agreement"])
         kl = "-" if "kl" not in s else f"{s['kl']:.2e}"
-        ladder_rows.append(
-            [s["label"], _pct(s["top1"]), agreement, kl, labels.get(s.get("versus")) or s.get("note", "-")]
-        )
+        versus = labels.get(s.get("versus")) or s.get("note", "-")
+        if "same_images" in s:
+            same = s["same_images"]
+            versus += (f" on its {same['n']:,} of {same['of']:,} images (this stage's top-1 there: "
+                       f"{_pct(same['top1'])})")  # fmt: skip
+        ladder_rows.append([s["label"], _pct(s["top1"]), agreement, kl, versus])
     out.append(
         (
             "Fidelity ladder",

@@ -115,6 +115,30 @@ def test_report_sections_from_run_files(tmp_path: Path) -> None:
     assert ladder["teacher"]["top1"] == 1.0 and "different image sets" in ladder["student"]["note"]
 
 
+def test_a_teacher_on_a_subset_is_compared_on_those_very_images(tmp_path: Path) -> None:
+    """Regression (demo): the teacher saw 2,000 test images, the students 10,000, and the ladder compared none."""
+    run = fake_run(tmp_path)
+    student = np.load(run / "eval/fake-test/logits.npy")
+    indices = np.array([5, 17, 42, 99, 150, 151])
+    truth = np.array([0, 1, 2, 0, 1, 2])
+    teacher = np.eye(3)[[0, 1, 2, 1, 1, 2]] * 4.0  # right on 5 of 6
+    folder = run / "eval" / "fake-test" / "teacher"
+    write_eval(folder, teacher, truth)
+    np.save(folder / "indices.npy", indices)
+    np.save(folder / "labels.npy", truth)
+    report = build_report(run)
+    ladder = {s["stage"]: s for s in report["ladder"]}
+    assert ladder["student"]["versus"] == "teacher" and "note" not in ladder["student"]
+    there = student[indices]
+    assert ladder["student"]["agreement"] == pytest.approx(float((there.argmax(1) == teacher.argmax(1)).mean()))
+    assert ladder["student"]["same_images"] == {
+        "n": 6, "of": 200, "top1": pytest.approx(float((there.argmax(1) == truth).mean()))
+    }  # fmt: skip
+    assert "(on 6 of the images)" in ladder["teacher"]["label"]
+    md = render(report, run)["markdown"].read_text()
+    assert "on its 6 of 200 images (this stage's top-1 there:" in md
+
+
 def test_render_writes_markdown_html_json_with_plots(tmp_path: Path) -> None:
     run = fake_run(tmp_path)
     res = CliRunner().invoke(app, ["report", str(run)])

@@ -15,6 +15,7 @@ from distill.teachers.base import fill_template
 from distill.teachers.coop import CoOpConfig, calibrate, load_anchors, save_anchors
 from distill.teachers.registry import create_teacher, list_teachers
 from runtime.errors import ToolkitError
+from runtime.manifests import load_image_folder
 from runtime.preprocess import PreprocessContract
 from runtime.report import build_report
 from toolkit.cli import app
@@ -121,6 +122,14 @@ def test_calibrate_and_zeroshot_commands(tiny_config: Path, tmp_path: Path) -> N
     assert f"top-1 {report['top1_calibrated']:.4f}" in res.output
     ladder = build_report(run)["ladder"]
     assert ladder[0]["stage"] == "teacher" and ladder[0]["top1"] == pytest.approx(report["top1_calibrated"])
+    teacher_dir = next((run / "eval").glob("*/teacher"))
+    assert not (teacher_dir / "indices.npy").exists()
+    res = CliRunner().invoke(app, [*args, "--limit", "8"])  # a subset: which images, and their labels, are kept
+    assert res.exit_code == 0, res.output
+    indices, labels = np.load(teacher_dir / "indices.npy"), np.load(teacher_dir / "labels.npy")
+    dataset = load_image_folder(data)
+    assert len(indices) == len(labels) == len(np.load(teacher_dir / "logits.npy")) == 8
+    assert (dataset.labels[indices] == labels).all()
     (run / "preprocess.json").write_text(PreprocessContract(class_names=("x", "y")).to_json())
     res = CliRunner().invoke(app, args)
     assert res.exit_code != 0 and "differ from the run's" in str(res.exception)

@@ -102,9 +102,12 @@ def _write_eval(
 
 
 def write_teacher_eval(
-    run_dir: Path, dataset: Dataset, logits: np.ndarray, contract: PreprocessContract, info: dict[str, Any]
-) -> dict[str, Any]:
-    """The teacher's logits on ``dataset`` into RUN/eval/<data>/teacher/, where the report's ladder reads them."""
+    run_dir: Path, dataset: Dataset, logits: np.ndarray, contract: PreprocessContract, info: dict[str, Any],
+    indices: np.ndarray | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The teacher's logits on ``dataset`` into RUN/eval/<data>/teacher/, where the report's ladder reads them.
+    ``indices``: the teacher saw only these images of the evaluation set (--limit); they are saved with the
+    labels so that the ladder compares the students with it on those very images."""
     contract_file = run_dir / "preprocess.json"
     if not contract_file.is_file():
         raise ToolkitError(f"{contract_file}: missing; is {run_dir} a training run?")
@@ -112,6 +115,13 @@ def write_teacher_eval(
     if run_classes != list(dataset.class_names):
         raise ToolkitError(f"{dataset.name}: classes {list(dataset.class_names)} differ from the run's {run_classes}")
     report = _write_eval(logits, dataset, contract, run_dir, "teacher")
+    folder = run_dir / "eval" / eval_slug(dataset.name) / "teacher"
+    for name, array in (("indices", indices), ("labels", None if indices is None else dataset.labels)):
+        if array is None:
+            (folder / f"{name}.npy").unlink(missing_ok=True)
+            continue
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array, np.int64))
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
     entry["teacher"] = {"top1": report["top1"], **{k: info[k] for k in ("teacher", "anchors")}}

@@ -60,8 +60,10 @@ def run_zeroshot(
 ) -> dict[str, Any]:  # fmt: skip
     teacher = build_teacher(spec, openclip_config)
     dataset = open_data(data, console)
+    indices = None
     if limit:
-        dataset = dataset.subset(stratified_sample(dataset.labels, limit, 0))
+        indices = stratified_sample(dataset.labels, limit, 0)
+        dataset = dataset.subset(indices)
     names = list(dataset.class_names)
     if anchors_file:
         anchors, meta = load_anchors(anchors_file, teacher.spec, names)
@@ -78,7 +80,7 @@ def run_zeroshot(
 
         with torch.no_grad():
             logits = teacher.zero_shot_logits(feats, anchors).numpy()
-        write_teacher_eval(run_dir, dataset, logits, PreprocessContract(class_names=tuple(names)), result)
+        write_teacher_eval(run_dir, dataset, logits, PreprocessContract(class_names=tuple(names)), result, indices)
     return result
 
 
