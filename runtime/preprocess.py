@@ -96,8 +96,9 @@ class PreprocessContract:
             new_w, new_h = max(1, int(self.resize_size * w / h)), self.resize_size
         if (new_w, new_h) != (w, h):
             image = image.resize((new_w, new_h), resample=resample)
-        left = int(round((new_w - w_out) / 2.0))
-        top = int(round((new_h - h_out) / 2.0))
+        # A crop larger than the image pads it with black, torchvision's way: floor(excess / 2) before.
+        left = int(round((new_w - w_out) / 2.0)) if new_w >= w_out else -((w_out - new_w) // 2)
+        top = int(round((new_h - h_out) / 2.0)) if new_h >= h_out else -((h_out - new_h) // 2)
         if (left, top, w_out, h_out) != (0, 0, new_w, new_h):
             image = image.crop((left, top, left + w_out, top + h_out))
         return image

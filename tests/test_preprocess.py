@@ -120,3 +120,10 @@ def test_color_jitter_identity_at_zero_strength_factors() -> None:
     arr = rng().integers(0, 256, (4, 4, 3), dtype=np.uint8)
     out = color_jitter(arr, 1e-9, rng())
     assert np.abs(out.astype(int) - arr.astype(int)).max() <= 1
+
+
+def test_a_crop_wider_than_the_resized_image_pads_like_torchvision() -> None:
+    """Regression (found by tests/test_properties.py): an odd excess put the image 2 px from the left, not 1."""
+    c = PreprocessContract(input_size=(1, 4), resize_size=1, interpolation="nearest", mean=(0, 0, 0), std=(1, 1, 1))
+    x = c(Image.new("RGB", (1, 1), (255, 255, 255)))
+    assert x[0, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
