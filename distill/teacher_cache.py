@@ -29,7 +29,7 @@ import torch
 
 from distill.crops import CropRecipe, crop_input, sample_crop
 from distill.teachers.base import Teacher
-from runtime.atomic import write_json
+from runtime.atomic import check_space, write_errors, write_json
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
@@ -211,12 +211,14 @@ def build_cache(
 ) -> int:
     """Build this rank's missing shards; returns how many it built. A stale cache (other key) is cleared."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     manifest_path = root / "manifest.json"
     # Builders of this key share the cache lock; clearing a stale cache needs it alone (another job building
     # into the same folder with another key is an error, not a silent mix of two caches).
     cache_lock = root / ".cache.lock"
     fd: int | None = None
+    _check_cache_space(root, spec, shard_size, rank, world_size, teacher.embed_dim)
+    with write_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
     if manifest_path.is_file():
         old = json.loads(manifest_path.read_text())
         if old.get("key") != spec.to_dict() or old.get("shard_size") != shard_size:
@@ -278,16 +280,39 @@ def build_cache(
     return built
 
 
+def _check_cache_space(root: Path, spec: CacheSpec, shard_size: int, rank: int, world: int, dim: int) -> None:
+    """Before anything is computed: the disk must hold this rank's missing shards (all of them if stale)."""
+    n_shards = max(1, -(-spec.num_images // shard_size))
+    try:
+        old = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    fresh = old.get("key") == spec.to_dict() and old.get("shard_size") == shard_size
+    todo = [s for s in range(rank, n_shards, world) if not (fresh and (root / f"shard-{s:05d}.json").is_file())]
+    images = sum(min((s + 1) * shard_size, spec.num_images) - s * shard_size for s in todo)
+    check_space(root, images * spec.crops * cache_bytes_per_crop(dim, spec.topk),
+                f"the teacher cache ({images} images x {spec.crops} crops)")  # fmt: skip
+
+
+def cache_bytes_per_crop(embed_dim: int, topk: int) -> int:
+    """What one crop costs on disk: box (4 f32), flip (u8), fp16 embedding, and top-K int32 + fp16 + lse f32."""
+    return 16 + 1 + 2 * embed_dim + (6 * topk + 4 if topk else 0)
+
+
 def _write_shard(root: Path, s: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
     """The shard's arrays into a temp folder renamed into place, then its checksums (written last: complete)."""
     folder = root / f"shard-{s:05d}"
     tmp = root / f".shard-{s:05d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    try:
+        with write_errors(folder):
+            tmp.mkdir(parents=True)
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array)
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     files = {p.name: sha256_file(p) for p in sorted(folder.glob("*.npy"))}
     write_json(root / f"shard-{s:05d}.json", {"start": start, "stop": stop, "files": files})
 

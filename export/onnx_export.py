@@ -9,7 +9,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.atomic import atomic_path
+from runtime.atomic import atomic_path, write_failure
 from runtime.classifier import META_FORMAT, META_PREPROCESS
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
@@ -41,7 +41,12 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
+        except OSError:
+            raise  # a full disk or an unwritable folder: atomic_path names the file
         except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            failure = write_failure(path, exc.__cause__ or exc.__context__ or exc)
+            if failure is not None:
+                raise failure from exc
             raise ToolkitError(f"ONNX export of the student failed: {type(exc).__name__}: {exc}") from exc
         proto = onnx.load(str(tmp))
         set_metadata(proto, {META_PREPROCESS: contract.to_json(), META_FORMAT: FORMAT})

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from export.guard import GuardReport, top1
+from runtime.atomic import free_bytes, megabytes, write_errors
 from runtime.classifier import OV_PREPROCESS, OpenVinoClassifier, contract_batches
 from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 
 
@@ -23,10 +25,17 @@ def _save_ir_atomically(model, xml_path: Path, compress_to_fp16: bool = False) -
     import openvino as ov
 
     folder = xml_path.parent
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    with write_errors(folder):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        ov.save_model(model, str(tmp / xml_path.name), compress_to_fp16=compress_to_fp16)
+        try:
+            ov.save_model(model, str(tmp / xml_path.name), compress_to_fp16=compress_to_fp16)
+        except RuntimeError as exc:  # OpenVINO reports a failed write as a RuntimeError without an errno
+            raise ToolkitError(
+                f"{folder}: OpenVINO could not write the IR ({str(exc).strip().splitlines()[-1]}); "
+                f"{megabytes(free_bytes(folder.parent))} free there. Free some space or choose another folder"
+            ) from exc
         if folder.exists():
             shutil.rmtree(folder)
         tmp.rename(folder)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ToolkitError
+from runtime.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,23 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
     for key, (label, backend, precision) in KNOWN.items():
         entry = exports.get(key)
         if entry and (run_dir / entry["file"]).is_file():
+            _check_hashes(run_dir / entry["file"], entry)
             found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
     engine = exports.get("int8_tensorrt", {}).get("engine", {})
     if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
         path = run_dir / engine["file"]
         found.append(Artifact("trt_engine_int8", "TensorRT engine INT8", "tensorrt", "int8", path, path.stat().st_size))
     return found
+
+
+def _check_hashes(path: Path, entry: dict[str, Any]) -> None:
+    """An artifact must be the bytes export wrote (a copy edited, truncated or half-replaced since is refused)."""
+    for file, key in ((path, "sha256"), (path.with_suffix(".bin"), "bin_sha256")):
+        if key in entry and sha256_file(file) != entry[key]:
+            raise ToolkitError(
+                f"{file}: its sha256 differs from the one manifest.json recorded at export (changed or corrupted "
+                "since); export the run again (`toolkit export RUN`)"
+            )
 
 
 def artifacts_for(run_dir: Path, backend: str, precisions: tuple[str, ...]) -> list[Artifact]:

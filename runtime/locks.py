@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -88,6 +89,14 @@ def release(fd: int, path: Path | None = None) -> None:
     os.close(fd)
 
 
+def sweep_temp_files(folder: Path) -> int:
+    """Remove the temp files (``.*.tmp``) that writes killed midway left: only the lock holder may do this."""
+    found = [p for p in folder.rglob(".*.tmp") if p.exists()]
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return len(found)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path, command: str | None = None, log: Any = None) -> Iterator[None]:
     """Hold ``run_dir``'s writer lock for the block, or raise ToolkitError naming who holds it.
@@ -117,6 +126,9 @@ def run_lock(run_dir: Path, command: str | None = None, log: Any = None) -> Iter
     previous = read_holder(path)
     if previous and log is not None:
         log(f"{run_dir}: the lock of {describe(previous)} was not released (killed?); it is stale, taking over")
+    leftovers = sweep_temp_files(Path(run_dir))
+    if leftovers and log is not None:
+        log(f"{run_dir}: removed {leftovers} temp file(s) of a write that was interrupted")
     command = command or "toolkit " + " ".join(sys.argv[1:3])
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder_record(command)).encode(), 0)

@@ -22,6 +22,7 @@ from runtime.atomic import atomic_path, write_json, write_text
 from runtime.classifier import open_classifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.hashing import sha256_file
 from runtime.metrics import classification_report
 from runtime.preprocess import PreprocessContract
 from toolkit.rundir import read_manifest, update_manifest
@@ -34,6 +35,12 @@ def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict
     for f in (weights, config):
         if not f.is_file():
             raise ToolkitError(f"{f}: missing; is {run_dir} a finished training run?")
+    recorded = read_manifest(run_dir).get("artifacts", {}).get(weights.name, {}).get("sha256")
+    if recorded and sha256_file(weights) != recorded:
+        raise ToolkitError(
+            f"{weights}: its sha256 differs from the one in {run_dir / 'manifest.json'} (changed or corrupted since "
+            "training); restore it, or train again (`toolkit distill RUN --resume` continues from checkpoints)"
+        )
     with safe_open(str(weights), framework="pt") as fh:
         meta = fh.metadata() or {}
     if "preprocess" not in meta:

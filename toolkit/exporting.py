@@ -14,7 +14,7 @@ from export.guard import guarded_quantize
 from export.onnx_export import OPSET, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
-from runtime.atomic import atomic_path
+from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
@@ -77,6 +77,10 @@ def run_export(
     held_out = val_set.subset(range(min(held_out_images, len(val_set))))
 
     onnx_path = run_dir / "model.onnx"
+    params = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    fp32_copies = 2 if "openvino" in targets else 1  # model.onnx, and the OpenVINO IR
+    needed = params * fp32_copies + (params // 4 + 1_000_000) * len(targets) * int(int8)
+    check_space(run_dir, needed, "export (" + ("FP32 and INT8 for " + ", ".join(targets) if int8 else "FP32") + ")")
     t0 = time.perf_counter()
     export_onnx(model, contract, onnx_path)
     fp32 = OnnxClassifier(onnx_path)
