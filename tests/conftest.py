@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,6 +44,21 @@ def write_image_folder(root: Path, per_class: int, seed: int = 0, size: int = 24
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images", per_class=10)
+
+
+def torchvision_input(image: Image.Image, c: Any) -> np.ndarray:
+    """A PreprocessContract ``c`` written out with torchvision, independently of runtime/preprocess.py."""
+    import torch
+    from torchvision.transforms import v2 as T
+
+    interp = {"nearest": T.InterpolationMode.NEAREST, "bilinear": T.InterpolationMode.BILINEAR,
+              "bicubic": T.InterpolationMode.BICUBIC}[c.interpolation]  # fmt: skip
+    size = [c.resize_size, c.resize_size] if c.resize_mode == "squash" else c.resize_size
+    x = T.Compose([
+        T.Resize(size, interpolation=interp), T.CenterCrop(list(c.input_size)), T.PILToTensor(),
+        T.ToDtype(torch.float32, scale=True), T.Normalize(list(c.mean), list(c.std)),
+    ])(image.convert("RGB"))  # fmt: skip
+    return (x.flip(0) if c.channel_order == "BGR" else x).numpy()
 
 
 def write_recipe(path: Path, data_root: Path, **train: object) -> Path:

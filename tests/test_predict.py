@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
-from conftest import REPO
+from conftest import REPO, torchvision_input
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from torchvision.transforms import v2 as T
 
 from runtime.preprocess import PreprocessContract
 
@@ -71,21 +69,6 @@ def linear_model(path: Path, contract: PreprocessContract, weight: np.ndarray, g
     helper.set_model_props(model, {"toolkit.preprocess": metadata if metadata is not None else contract.to_json()})
     onnx.save(model, str(path))
     return path
-
-
-def torchvision_input(image: Image.Image, c: PreprocessContract) -> np.ndarray:
-    """The contract written out with torchvision, independently of runtime/preprocess.py."""
-    interp = {"nearest": T.InterpolationMode.NEAREST, "bilinear": T.InterpolationMode.BILINEAR,
-              "bicubic": T.InterpolationMode.BICUBIC}[c.interpolation]  # fmt: skip
-    size = [c.resize_size, c.resize_size] if c.resize_mode == "squash" else c.resize_size
-    pipeline = T.Compose([
-        T.Resize(size, interpolation=interp), T.CenterCrop(list(c.input_size)), T.PILToTensor(),
-        T.ToDtype(torch.float32, scale=True), T.Normalize(list(c.mean), list(c.std)),
-    ])  # fmt: skip
-    x = pipeline(image.convert("RGB"))
-    if c.channel_order == "BGR":
-        x = x.flip(0)
-    return x.numpy()
 
 
 def photos(folder: Path) -> list[Path]:

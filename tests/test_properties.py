@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, write_recipe
+from conftest import REPO, torchvision_input, write_recipe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from torchvision.transforms import v2 as T
 
 from distill.losses.dait import dait_stage2_loss, spatial_mse
 from distill.losses.kd import js_rows, kd_loss, kl_rows
@@ -93,17 +92,6 @@ def test_vl2lite_alignment_terms_vanish_when_student_matches_teacher(
 # ---------------------------------------------------------------- preprocessing contract
 
 MODES = ["RGB", "L", "RGBA", "P", "CMYK", "LA", "1"]
-
-
-def torchvision_input(image: Image.Image, c: PreprocessContract) -> np.ndarray:
-    interp = {"nearest": T.InterpolationMode.NEAREST, "bilinear": T.InterpolationMode.BILINEAR,
-              "bicubic": T.InterpolationMode.BICUBIC}[c.interpolation]  # fmt: skip
-    size = [c.resize_size, c.resize_size] if c.resize_mode == "squash" else c.resize_size
-    x = T.Compose([
-        T.Resize(size, interpolation=interp), T.CenterCrop(list(c.input_size)), T.PILToTensor(),
-        T.ToDtype(torch.float32, scale=True), T.Normalize(list(c.mean), list(c.std)),
-    ])(image.convert("RGB"))  # fmt: skip
-    return (x.flip(0) if c.channel_order == "BGR" else x).numpy()
 
 
 @st.composite
