@@ -276,6 +276,47 @@ def export_(
         )
 
 
+@app.command()
+def prune(
+    run: Annotated[Path, typer.Argument(help="A training or distillation run directory (with student.safetensors).")],
+    macs: Annotated[float | None, typer.Option(help="Keep at most this fraction of the MACs (e.g. 0.5).")] = None,
+    params: Annotated[float | None, typer.Option(help="Keep at most this fraction of the parameters.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Pruned run directory (default RUN-pruned<NN>).")
+    ] = None,
+    recover: Annotated[
+        str, typer.Option(help="kd: distil from the unpruned student (logits cached once); ce: labels only; none.")
+    ] = "kd",
+    epochs: Annotated[int, typer.Option(help="Recovery epochs.")] = 5,
+    lr: Annotated[float | None, typer.Option(help="Recovery learning rate (default: the recipe's).")] = None,
+    temperature: Annotated[float, typer.Option(help="KD temperature.")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="KD weight; CE gets 1 - alpha.")] = 0.9,
+    round_to: Annotated[int, typer.Option(help="Channel counts become multiples of this (8 or 16 for INT8).")] = 8,
+    max_layer_ratio: Annotated[float, typer.Option(help="At most this fraction of any layer's channels goes.")] = 0.75,
+    global_pruning: Annotated[
+        bool, typer.Option("--global", help="Rank channel groups across layers (default: the same ratio per layer).")
+    ] = False,
+    keep: Annotated[list[str] | None, typer.Option(help="A layer name to leave whole (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the output directory.")] = False,
+) -> None:
+    """Structured pruning (Torch-Pruning's dependency graph) toward a MACs or parameter budget, then accuracy
+    recovery by distillation from the unpruned model, into a new run that export/eval/bench/report take."""
+    from toolkit.pruning import run_prune
+
+    budget = macs if macs is not None else params
+    out_dir = out_dir or run.with_name(f"{run.name}-pruned{int(round((budget or 0) * 100)):02d}")
+    with _locked(out_dir):
+        info = run_prune(run, out_dir, macs=macs, params=params, round_to=round_to, max_layer_ratio=max_layer_ratio,
+                         global_pruning=global_pruning, keep=tuple(keep or ()), recover=recover, epochs=epochs, lr=lr,
+                         temperature=temperature, alpha=alpha, force=force, console=console)  # fmt: skip
+    test = (
+        f", test top-1 {info['test_top1']:.4f} (unpruned {info['test_top1_unpruned']:.4f})"
+        if "test_top1" in info
+        else ""
+    )
+    console.print(f"pruned run: {out_dir} (MACs x{info['macs_ratio']:.2f}, params x{info['params_ratio']:.2f}{test})")
+
+
 TargetsFile = Annotated[
     Path | None, typer.Option("--targets-file", help="YAML of extra or overriding target profiles (same shape).")
 ]

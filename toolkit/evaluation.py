@@ -15,6 +15,7 @@ from safetensors import safe_open
 from torch import nn
 
 from distill.evaluate import predict_logits
+from distill.pruning import apply_architecture, read_architecture
 from distill.students import create_student
 from distill.weights import load_state_dict
 from runtime.artifacts import Artifact, eval_slug
@@ -48,6 +49,9 @@ def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict
     contract = PreprocessContract.from_json(meta["preprocess"])
     recipe = yaml.safe_load(config.read_text())
     model = create_student(recipe["student"]["name"], len(contract.class_names))
+    arch = read_architecture(run_dir)
+    if arch is not None:  # a pruned run: the registry's model, resized to the pruned shapes
+        apply_architecture(model, arch)
     model.load_state_dict(load_state_dict(weights))
     return model.eval(), contract, recipe
 

@@ -1,0 +1,164 @@
+"""Structured pruning: budgets met, channel counts rounded, per-layer cap, kept layers whole, the pruned shapes
+loading back through the student registry; recovery's cached-logit KD and flip views; the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import write_image_folder, write_recipe
+from PIL import Image
+from torch import nn
+from typer.testing import CliRunner
+
+from distill.losses.kd import kd_loss
+from distill.pruning import apply_architecture, architecture, count, prune_channels, read_architecture
+from distill.students import create_student, list_students
+from runtime.classifier import OnnxClassifier
+from runtime.errors import ToolkitError
+from toolkit.cli import app
+from toolkit.pruning import CachedLogitsKD, FlipViews, teacher_views
+
+SIZE = (32, 32)
+
+
+def convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+@pytest.mark.parametrize("name", list_students())
+def test_macs_budget_rounding_cap_and_reload(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_student(name, 5)
+    before = {n: m.out_channels for n, m in convs(model).items()}
+    result = prune_channels(model, SIZE, macs=0.5, round_to=8, max_layer_ratio=0.6)
+    assert result.macs_after <= 0.5 * result.macs_before and result.params_after < result.params_before
+    assert count(model, SIZE) == (result.macs_after, result.params_after)
+    for n, m in convs(model).items():
+        if m.out_channels != before[n]:
+            assert m.out_channels % 8 == 0, (n, m.out_channels)
+            assert m.out_channels >= (1 - 0.6) * before[n] - 8, (n, before[n], m.out_channels)
+    model.eval()
+    x = torch.randn(2, 3, *SIZE)
+    fresh = apply_architecture(create_student(name, 5), json.loads(json.dumps(architecture(model))))
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh.eval()(x), model(x))
+    assert fresh.num_features == fresh.get_classifier().in_features
+
+
+def test_params_budget_global_ranking_and_kept_layers() -> None:
+    torch.manual_seed(0)
+    model = create_student("resnet18", 5)
+    result = prune_channels(model, SIZE, params=0.4, global_pruning=True, keep=("layer1.0.conv1",))
+    assert result.params_after <= 0.4 * result.params_before
+    assert model.layer1[0].conv1.out_channels == 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"macs": 0.0}, "strictly between 0 and 1"),
+        ({"macs": 1.5}, "strictly between 0 and 1"),
+        ({"macs": 0.5, "params": 0.5}, "exactly one budget"),
+        ({}, "exactly one budget"),
+        ({"macs": 0.5, "keep": ("layer1.0.convv",)}, 'no such layer in the student. Did you mean "layer1.0.conv'),
+        ({"macs": 0.5, "max_layer_ratio": 1.0}, "--max-layer-ratio 1.0"),
+        ({"macs": 0.02, "max_layer_ratio": 0.3, "steps": 6}, "reached only"),
+    ],
+)
+def test_bad_pruning_requests_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ToolkitError, match=message.replace("(", r"\(").replace("?", r"\?").replace(".", r"\.")):
+        prune_channels(create_student("resnet18", 5), SIZE, **kwargs)
+
+
+def test_a_model_that_cannot_be_traced_is_named() -> None:
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+
+        def get_classifier(self) -> nn.Module:
+            return self.fc
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("data-dependent control flow")
+
+    with pytest.raises(ToolkitError, match="cannot trace this student"):
+        prune_channels(Broken(), SIZE, macs=0.5)
+
+
+def test_architecture_file_errors_name_the_file(tmp_path: Path) -> None:
+    assert read_architecture(tmp_path) is None
+    (tmp_path / "architecture.json").write_text("{broken")
+    with pytest.raises(ToolkitError, match="architecture.json: not valid JSON"):
+        read_architecture(tmp_path)
+    with pytest.raises(ToolkitError, match="does not fit this student"):
+        apply_architecture(create_student("resnet18", 5), {"layer1.0.conv1": {"num_features": 3}})
+
+
+def test_cached_logit_kd_by_hand() -> None:
+    torch.manual_seed(0)
+    net = create_student("resnet18", 3)
+    from distill.loss_terms import LossTerm, const
+
+    terms = (LossTerm("cls", const(0.25), ""), LossTerm("kd", const(0.75), ""))
+    objective = CachedLogitsKD(net, 1, terms, {"temperature": 2.0}).eval()
+    x, y, t = torch.randn(4, 3, *SIZE), torch.tensor([0, 1, 2, 0]), torch.randn(4, 3)
+    with torch.no_grad():
+        out = objective(x, y, t, 0)
+        logits = net(x)
+    ce = F.cross_entropy(logits, y)
+    p, log_q = F.softmax(t / 2, -1), F.log_softmax(logits / 2, -1)
+    kd = 4 * (p * (p.log() - log_q)).sum(-1).mean()
+    assert float(out.terms["kd"]) == pytest.approx(float(kd), rel=1e-5)
+    assert float(out.total) == pytest.approx(float(0.25 * ce + 0.75 * kd_loss(logits, t, 2.0)), rel=1e-5)
+
+
+def test_flip_views_serve_the_teacher_logits_of_the_very_view(tmp_path: Path) -> None:
+    from runtime.manifests import load_image_folder
+
+    dataset = load_image_folder(write_image_folder(tmp_path / "d", per_class=4, size=20))
+    transform = lambda im: torch.from_numpy(np.asarray(im.resize((16, 16)), np.float32) / 255).permute(2, 0, 1)  # noqa: E731
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4))
+    logits = teacher_views(teacher, dataset, transform, batch_size=5)
+    views = FlipViews(dataset, transform, logits, seed=3)
+    flips = set()
+    for epoch in (0, 1):
+        views.set_epoch(epoch)
+        for i in range(len(dataset)):
+            x, y, t = views[i]
+            assert torch.equal(views[i][0], x) and y == int(dataset.labels[i])  # same (seed, epoch, item): same view
+            with torch.no_grad():
+                torch.testing.assert_close(teacher(x[None])[0], t, atol=1e-5, rtol=1e-4)
+            plain = transform(dataset.image(i))
+            flips.add(not torch.equal(x, plain))
+    assert flips == {True, False}
+    assert isinstance(dataset.image(0), Image.Image)
+
+
+@pytest.mark.slow
+def test_prune_cli_end_to_end_then_export(tmp_path: Path) -> None:
+    runner = CliRunner()
+    data = write_image_folder(tmp_path / "data", per_class=10, size=20)
+    recipe = write_recipe(tmp_path / "r.yaml", data, epochs=1)
+    assert runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "run")]).exit_code == 0
+    res = runner.invoke(app, ["prune", str(tmp_path / "run"), "--macs", "0.5", "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    pruned = tmp_path / "run-pruned50"
+    info = json.loads((pruned / "metrics.json").read_text())["prune"]
+    assert info["macs_ratio"] <= 0.5 and info["recover"] == "kd" and "val_top1_recovered" in info
+    assert len((pruned / "metrics.jsonl").read_text().splitlines()) == 1
+    res = runner.invoke(app, ["export", str(pruned), "--held-out-images", "8"])
+    assert res.exit_code == 0, res.output
+    session = OnnxClassifier(pruned / "model.onnx")
+    assert session.session.get_inputs()[0].shape[1:] == [3, 16, 16]
+    arch = read_architecture(pruned)
+    assert arch is not None and arch["layer4.1.conv2"]["out_channels"] < 512
+    res = runner.invoke(app, ["prune", str(tmp_path / "run"), "--macs", "0.5", "--recover", "magic",
+                              "--out", str(tmp_path / "bad")])  # fmt: skip
+    assert isinstance(res.exception, ToolkitError) and "--recover 'magic'" in str(res.exception)
+    assert not (tmp_path / "bad").exists()

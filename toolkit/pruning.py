@@ -1,0 +1,175 @@
+"""`toolkit prune RUN`: remove channels toward a MACs/parameter budget, then recover accuracy by distilling from
+the unpruned student (its logits cached once per image and per horizontal flip), into a new run directory that
+`toolkit export`, `eval`, `bench` and `report` take like any other.
+
+Recovery sees each training image through the run's eval preprocessing, flipped or not by a per-(seed, epoch,
+image) draw; the unpruned model's logits for both views are computed once before training, so recovery never
+runs the big model again and its targets are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from torch import nn
+
+from distill.distributed import init_distributed, shutdown_distributed
+from distill.engine import train, write_metrics
+from distill.evaluate import classifier_validator, predict_logits
+from distill.loss_terms import LossTerm, const
+from distill.losses.kd import kd_loss
+from distill.objectives import CE_TERM, CrossEntropy, Objective, TermValues, split_forward
+from distill.pruning import ARCHITECTURE, architecture, prune_channels
+from distill.transforms import eval_transform
+from distill.weights import save_state_dict
+from runtime.atomic import write_json, write_text
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+from toolkit.evaluation import evaluate_student, load_run_student
+from toolkit.recipe import Recipe, recipe_to_yaml
+from toolkit.rundir import prepare_run_dir, update_manifest
+from toolkit.splits import recipe_splits
+from toolkit.training import STUDENT_FORMAT
+
+RECOVERY = ("kd", "ce", "none")
+FLIP_STREAM = 0x5EED_F11
+
+
+class FlipViews(torch.utils.data.Dataset):
+    """(eval-preprocessed image, label, teacher logits of that very view): the view is flipped or not by a seeded
+    draw per (epoch, image), and the teacher's logits for both views were computed once."""
+
+    def __init__(self, dataset: Dataset, transform: Any, logits: torch.Tensor, seed: int) -> None:
+        self.dataset, self.transform, self.logits, self.seed, self.epoch = dataset, transform, logits, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        flip = int(np.random.default_rng([self.seed, FLIP_STREAM, self.epoch, i]).random() < 0.5)
+        x = self.transform(self.dataset.image(i))
+        return (x.flip(-1) if flip else x), int(self.dataset.labels[i]), self.logits[i, flip]
+
+
+class CachedLogitsKD(Objective):
+    """(1 - alpha) CE + alpha T^2 KL against cached teacher logits of the same view (Hinton KD, recovery form)."""
+
+    def compute(self, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> TermValues:
+        _, pooled, logits = split_forward(self.net, x)
+        kd = kd_loss(logits, teacher, float(self.params["temperature"]))
+        return TermValues({"cls": self.ce(logits, y), "kd": kd}, logits, pooled)
+
+
+def teacher_views(model: nn.Module, dataset: Dataset, transform: Any, batch_size: int) -> torch.Tensor:
+    """(N, 2, C) logits of ``model`` on each image as preprocessed and horizontally flipped."""
+    loader = torch.utils.data.DataLoader(_Plain(dataset, transform), batch_size=batch_size)
+    out = []
+    with torch.no_grad():
+        for x in loader:
+            out.append(torch.stack([model(x), model(x.flip(-1))], dim=1))
+    return torch.cat(out)
+
+
+class _Plain(torch.utils.data.Dataset):
+    def __init__(self, dataset: Dataset, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.dataset.image(i))
+
+
+def run_prune(
+    run_dir: Path, out_dir: Path, *, macs: float | None = None, params: float | None = None, round_to: int = 8,
+    max_layer_ratio: float = 0.75, global_pruning: bool = False, keep: tuple[str, ...] = (), recover: str = "kd",
+    epochs: int = 5, lr: float | None = None, temperature: float = 4.0, alpha: float = 0.9, force: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Prune the run's student, recover it, write a run directory at ``out_dir``; returns its metrics."""
+    console = console or Console(stderr=True, soft_wrap=True, markup=False)
+    if recover not in RECOVERY:
+        raise ToolkitError(f"--recover {recover!r} is not one of {RECOVERY}")
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise ToolkitError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")
+    if out_dir.resolve() == run_dir.resolve():
+        raise ToolkitError(f"--out {out_dir}: the pruned run needs its own directory, not the run it prunes")
+    model, contract, raw = load_run_student(run_dir)
+    recipe = Recipe.model_validate(raw)
+    splits = recipe_splits(recipe, console)
+    if splits.val is None:
+        raise ToolkitError(f"{run_dir}: no validation split (data.val_fraction 0): nothing to select recovery on")
+    unpruned = copy.deepcopy(model).eval()
+    pruned = model
+    t0 = time.perf_counter()
+    result = prune_channels(pruned, contract.input_size, macs=macs, params=params, round_to=round_to,
+                            max_layer_ratio=max_layer_ratio, global_pruning=global_pruning, keep=keep)  # fmt: skip
+    prune_s = time.perf_counter() - t0
+    cfg = recipe.train.model_copy(update={"epochs": epochs})
+    if lr is not None:
+        cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": lr})})
+    ctx = init_distributed(cfg.device)
+    try:
+        validate = classifier_validator(splits.val, contract, cfg.eval_batch_size, ctx.device)
+        val_before = float(validate(pruned)["val_top1"])
+        prepare_run_dir(out_dir, resume=False, force=force)
+        shutil.copy(run_dir / "preprocess.json", out_dir / "preprocess.json")
+        write_text(out_dir / "config.yaml", recipe_to_yaml(recipe))
+        write_json(out_dir / ARCHITECTURE, architecture(pruned))
+        info = {"source_run": str(run_dir), **result.to_dict(), "round_to": round_to,
+                "max_layer_ratio": max_layer_ratio, "global": global_pruning, "keep": list(keep), "recover": recover,
+                "epochs": epochs, "val_top1_pruned": val_before, "prune_s": round(prune_s, 1)}  # fmt: skip
+        console.print(
+            f"pruned: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
+            f"({result.macs_after / result.macs_before:.2f}), params {result.params_before / 1e6:.2f}M -> "
+            f"{result.params_after / 1e6:.2f}M; val top-1 right after pruning {val_before:.4f}"
+        )
+        history: list[dict[str, Any]] = []
+        weights = pruned.state_dict()
+        if recover != "none":
+            transform = eval_transform(contract)
+            t1 = time.perf_counter()
+            if recover == "kd":
+                logits = teacher_views(unpruned, splits.train, transform, cfg.eval_batch_size)
+                info["teacher_logits_s"] = round(time.perf_counter() - t1, 1)
+                terms = (LossTerm("cls", const(1 - alpha), "CE with the label"),
+                         LossTerm("kd", const(alpha), "T^2 KL to the unpruned student (cached logits)"))  # fmt: skip
+                objective: Objective = CachedLogitsKD(pruned, epochs, terms, {"temperature": temperature})
+            else:
+                logits = torch.zeros(len(splits.train), 2, len(contract.class_names))
+                objective = CrossEntropy(pruned, epochs, (CE_TERM,))
+            data = FlipViews(splits.train, transform, logits, recipe.seed)
+            engine = train(objective, data, cfg, out_dir / "checkpoints", recipe.seed, ctx, stage="recover",
+                           validate=validate, console=console,
+                           on_epoch=lambda rows: write_metrics(out_dir / "metrics.jsonl", rows))  # fmt: skip
+            history, weights = engine.history, engine.weights
+            info["val_top1_recovered"] = engine.best_val_top1
+            info["recover_s"] = round(time.perf_counter() - t1, 1)
+        meta = {"format": STUDENT_FORMAT, "student": recipe.student.name, "pruned": "1",
+                "num_classes": str(len(contract.class_names)), "preprocess": contract.to_json()}  # fmt: skip
+        save_state_dict(out_dir / "student.safetensors", weights, meta)
+        pruned.load_state_dict(weights)
+        test = recipe.data.open_test(list(contract.class_names))
+        if test is not None:
+            info["test_top1"] = evaluate_student(pruned, test, contract, out_dir, cfg.eval_batch_size)["top1"]
+            info["test_top1_unpruned"] = float(
+                (predict_logits(unpruned, test, contract, cfg.eval_batch_size).argmax(1) == test.labels).mean()
+            )
+        if history:
+            write_metrics(out_dir / "metrics.jsonl", history)
+        write_json(out_dir / "metrics.json", {"prune": info})
+        update_manifest(out_dir, status="pruned", prune=info, results={"prune": info})
+        return info
+    finally:
+        shutdown_distributed()
