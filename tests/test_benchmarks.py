@@ -6,7 +6,8 @@ import argparse
 import importlib.util
 import re
 
-from conftest import REPO
+import pytest
+from conftest import HAVE_FASHION, REPO
 
 
 def load_script():
@@ -49,3 +50,21 @@ def test_trainer_overhead_prints_every_ratio(monkeypatch, capsys) -> None:
     assert re.search(r"engine CE vs bare loop: \d+\.\d{3}x \(goal >= 0\.95\)", out)
     for method in ("kd", "vl2lite", "pand"):
         assert re.search(rf"{method} from cache vs CE: \d+\.\d{{3}}x \(goal >= 0\.9\)", out), method
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed (scripts/get-fashion-mnist.sh)")
+def test_prune_recovery_writes_a_row_per_budget(monkeypatch, capsys, tmp_path) -> None:
+    spec = importlib.util.spec_from_file_location("prune_recovery", REPO / "benchmarks" / "prune_recovery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "prune.md"
+    argv = ["prune_recovery.py", "--students", "resnet18", "--macs", "0.5", "--per-class", "8", "--test-per-class", "4",
+            "--epochs", "1", "--recover-epochs", "1", "--latency-size", "32", "--rounds", "1", "--queries", "1",
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    module.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| resnet18 |")]
+    assert len(rows) == 2 and rows[0].split("|")[2].strip() == "1.00"
+    kept = float(rows[1].split("|")[2].split()[0])
+    assert kept <= 0.5 and rows[1].count("|") == rows[0].count("|")

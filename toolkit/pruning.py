@@ -121,6 +121,8 @@ def run_prune(
         cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": lr})})
     ctx = init_distributed(cfg.device)
     try:
+        if ctx.world_size > 1:
+            raise ToolkitError("toolkit prune runs in one process (its recovery is short); run it without torchrun")
         validate = classifier_validator(splits.val, contract, cfg.eval_batch_size, ctx.device)
         val_before = float(validate(pruned)["val_top1"])
         prepare_run_dir(out_dir, resume=False, force=force)
