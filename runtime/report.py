@@ -14,6 +14,7 @@ import yaml
 
 from runtime.artifacts import KNOWN, REFERENCE, eval_slug, read_run_manifest, run_artifacts
 from runtime.errors import ToolkitError
+from runtime.verdict import per_class_drops, ship_verdicts
 
 TEACHER_MISSING = "no teacher outputs for this dataset in the run (cross-entropy-only run, or teacher not cached)"
 
@@ -135,7 +136,7 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         if isinstance(entry, dict) and "guard" in entry
     }
     engine = exports.get("int8_tensorrt", {}).get("engine")
-    return {
+    report = {
         "run": {
             "name": config.get("name", run_dir.name),
             "directory": str(run_dir),
@@ -157,3 +158,5 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         "environments": _environments(run_dir),
         "code": {k: manifest.get("environment", {}).get(k) for k in ("git_commit", "git_dirty")},
     }
+    report["verdicts"] = ship_verdicts(report, per_class_drops(run_dir, chosen))
+    return report

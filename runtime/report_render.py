@@ -45,6 +45,26 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"evaluated on **{report['dataset'] or 'no dataset (run `toolkit eval RUN --artifact all`)'}**.",
         )
     ]
+    verdict_rows = [
+        [
+            v["target"],
+            v["ship"]["label"] if v["ship"] else "nothing",
+            f"{v['ship']['p50_ms']:.2f}" if v["ship"] else "-",
+            f"{v['runner_up']['label']}: {v['runner_up']['why']}" if v["runner_up"] else "-",
+            {True: "yes", False: "no", None: "-"}[v["int8_worth_it"]],
+            v.get("reason", "-"),
+        ]
+        for v in report.get("verdicts", [])
+    ]
+    if verdict_rows:
+        out.append(
+            (
+                "What to ship",
+                "Per target, the fastest artifact (batch-1 p50, ms) whose checks all pass: parity for FP32 forms; "
+                "the INT8 guard, agreement with the FP32 form and no class losing more than 5 points for INT8.\n\n"
+                + _table(["target", "ship", "p50", "runner-up", "INT8 worth it", "note"], verdict_rows),
+            )
+        )
     ladder_rows = []
     labels = {s["stage"]: s["label"] for s in report["ladder"]}
     for s in report["ladder"]:

@@ -205,3 +205,22 @@ def test_tensorrt_engine_gating_and_naming() -> None:
     if reason is not None:  # this machine: no TensorRT or no GPU
         with pytest.raises(ToolkitError, match="cannot build a TensorRT engine here"):
             build_engine(Path("m.onnx"), Path("."), c, Path("cache"))
+
+
+@pytest.mark.slow
+def test_export_for_a_target_writes_only_what_it_runs(run_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "model*"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest.pop("exports", None)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["export", str(run), "--target", "openvino-cpu", "--held-out-images", "16",
+                              "--calib-size", "16", "--tolerance", "100"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert set(exports(run)) == {"onnx", "openvino", "calibration", "int8_openvino"}
+    assert not (run / "model.int8.onnx").exists()
+    res = runner.invoke(app, ["export", str(run), "--target", "ort-cpu-9t"])
+    assert res.exit_code != 0 and "unknown target 'ort-cpu-9t'" in str(res.exception)
+    assert 'Did you mean "ort-cpu-1t"' in str(res.exception) or 'Did you mean "ort-cpu-2t"' in str(res.exception)

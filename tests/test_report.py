@@ -109,6 +109,13 @@ def test_report_sections_from_run_files(tmp_path: Path) -> None:
     assert [r["p90_ms"] for r in report["latency"]] == [4.0, 2.0]
     assert report["guards"]["int8_onnxruntime"]["kept_in_float"] == ["/layer4/conv"]
     assert [s["bytes"] for s in report["sizes"]] == [4_000_000, 1_000_000]
+    # INT8 agrees with FP32 on 96% of the images (< 97%): FP32 ships, and the verdict says why not INT8
+    (v,) = report["verdicts"]
+    assert v["target"] == "ort-cpu-1t" and v["ship"]["artifact"] == "onnx"
+    assert v["runner_up"]["artifact"] == "int8_onnxruntime"
+    assert "agrees with onnx on 96.0% (< 97%)" in v["runner_up"]["why"]
+    md = render(report, run)["markdown"].read_text()
+    assert "| ort-cpu-1t | onnx | 2.00 | int8_onnxruntime: 1.00 ms, but agrees" in md
     # a teacher evaluated on fewer images is shown but not compared (regression: this used to raise)
     write_eval(run / "eval" / "fake-test" / "teacher", np.eye(3)[[0, 1]], np.array([0, 1]))
     ladder = {s["stage"]: s for s in build_report(run)["ladder"]}

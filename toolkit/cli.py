@@ -38,6 +38,11 @@ def _overrides(sets: list[str] | None, **flags: object) -> list[str]:
     return list(sets or []) + extra
 
 
+TargetsFile = Annotated[
+    Path | None, typer.Option("--targets-file", help="YAML of extra or overriding target profiles (same shape).")
+]
+
+
 def _default_run_dir(name: str) -> Path:
     return Path("runs") / name
 
@@ -160,6 +165,8 @@ def _print_headline(h: dict) -> None:
         p90, artifact, target = h["fastest_p90"]
         parts.append(f"fastest batch-1 p90 {p90:.2f} ms ({artifact} on {target})")
     out.print("; ".join(parts) + f". Report: {h['report']}")
+    for line in h.get("ship", []):
+        out.print(line)
 
 
 @app.command()
@@ -256,11 +263,25 @@ def export_(
     allow_fail: Annotated[
         bool, typer.Option(help="Keep a FAIL verdict's artifact and exit 0 (it is marked FAIL in its metadata).")
     ] = False,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Export only what this target profile runs (its backend; INT8 if it runs INT8). "
+            "Repeatable; replaces --backend and --int8."
+        ),
+    ] = None,  # fmt: skip
+    targets_file: TargetsFile = None,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
 
     targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
+    if target:
+        from runtime.targets import get_target, load_targets
+
+        profiles = [get_target(name, load_targets(targets_file)) for name in target]
+        targets = tuple(dict.fromkeys(p.backend for p in profiles))
+        int8 = any("int8" in p.precisions for p in profiles)
     with _locked(run):
         run_export(
             run,
@@ -317,11 +338,6 @@ def prune(
     console.print(f"pruned run: {out_dir} (MACs x{info['macs_ratio']:.2f}, params x{info['params_ratio']:.2f}{test})")
 
 
-TargetsFile = Annotated[
-    Path | None, typer.Option("--targets-file", help="YAML of extra or overriding target profiles (same shape).")
-]
-
-
 @app.command()
 def targets(targets_file: TargetsFile = None) -> None:
     """List edge target profiles and whether this machine can run each (and why not)."""
@@ -363,6 +379,12 @@ def bench(
     limits = RunLimits(warmup, min_duration, min_queries, max_duration)
     with _locked(path) if path.is_dir() else contextlib.nullcontext():
         run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file)
+    if path.is_dir():
+        from runtime.report import build_report
+        from runtime.verdict import describe_verdict
+
+        for v in build_report(path)["verdicts"]:
+            out.print(describe_verdict(v))
 
 
 @app.command()

@@ -23,6 +23,7 @@ from runtime.errors import ToolkitError, did_you_mean
 from runtime.hashing import sha256_file
 from runtime.latency import RunLimits
 from runtime.targets import get_target, load_targets
+from runtime.verdict import describe_verdict
 from toolkit.recipe import DataSourceConfig, Recipe
 
 STATE = "pipeline.json"
@@ -233,5 +234,6 @@ def headline(run_dir: Path, seconds: float) -> dict[str, Any]:
         "student_top1": metrics.get("test_top1"),
         "int8": best and {"artifact": best["label"], "top1": best["top1"]},
         "fastest_p90": min(p90) if p90 else None,
+        "ship": [describe_verdict(v) for v in report.get("verdicts", [])],
         "report": str(run_dir / "report.html"),
     }
