@@ -93,6 +93,14 @@ def _on_teacher_images(folder: Path, logits: np.ndarray) -> tuple[np.ndarray, np
     return logits[indices], np.load(folder / "labels.npy", allow_pickle=False)
 
 
+def _iqr(samples: list[float]) -> float | None:
+    """Spread of the batch-1 latencies (p75 - p25, ms): what a difference must exceed to be more than noise."""
+    if len(samples) < 4:
+        return None
+    q25, q75 = np.percentile(samples, [25, 75])
+    return float(q75 - q25)
+
+
 def latency_table(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "bench").glob("*.json")):
@@ -110,6 +118,7 @@ def latency_table(run_dir: Path) -> list[dict[str, Any]]:
                     },
                     "throughput": {str(o["batch_size"]): o["images_per_s"] for o in entry["offline"]},
                     "samples_ms": ss.get("samples_ms", []),
+                    "iqr_ms": _iqr(ss.get("samples_ms", [])),
                 }
             )
     return rows

@@ -93,6 +93,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             r["label"],
             _pct(top1.get(r["artifact"])),
             f"{r['p50_ms']:.2f}",
+            "-" if r.get("iqr_ms") is None else f"{r['iqr_ms']:.2f}",
             f"{r['p90_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
             ", ".join(f"b{b}: {v:.0f}" for b, v in r["throughput"].items()),
@@ -102,9 +103,10 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(
         (
             "Latency per target",
-            "SingleStream (batch 1) latency in ms and Offline throughput in images/s (`toolkit bench`).\n\n"
+            "SingleStream (batch 1) latency in ms (IQR: p75 - p25, the run's spread) and Offline throughput in "
+            "images/s (`toolkit bench`).\n\n"
             + (
-                _table(["target", "artifact", "top-1", "p50", "p90", "p99", "throughput"], lat_rows)
+                _table(["target", "artifact", "top-1", "p50", "IQR", "p90", "p99", "throughput"], lat_rows)
                 if lat_rows
                 else "No measurements yet: run `toolkit bench RUN --target ort-cpu-1t`."
             ),

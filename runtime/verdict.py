@@ -4,7 +4,8 @@ lost, and whether INT8 is worth it on that target at all.
 Checks of an artifact: FP32 forms must match their reference (ONNX parity; the other FP32 forms' top-1
 agreement with ONNX Runtime FP32 on the evaluation set); INT8 forms must have passed the export guard (top-1
 drop within its tolerance), agree with their FP32 reference on the evaluation set, and lose no class by more
-than ``MAX_CLASS_DROP``. Speed is the SingleStream (batch-1) p50 measured by `toolkit bench` on that target.
+than ``MAX_CLASS_DROP``. Speed is the SingleStream (batch-1) p50 measured by `toolkit bench` on that target;
+a runner-up whose p50 is within the larger interquartile range of the two is flagged as within noise.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def ship_verdicts(report: dict[str, Any], drops: dict[str, float]) -> list[dict[
         rows = sorted((r for r in report["latency"] if r["target"] == target), key=lambda r: r["p50_ms"])
         checked = [(r, _failures(r["artifact"], report, drops)) for r in rows]
         passing = [r for r, why in checked if not why]
-        verdict: dict[str, Any] = {"target": target, "ship": None, "runner_up": None, "int8_worth_it": None}
+        verdict: dict[str, Any] = {"target": target, "ship": None, "runner_up": None, "int8_worth_it": None,
+                                   "within_noise": None}  # fmt: skip
         if not passing:
             verdict["reason"] = "no artifact passes its checks: " + "; ".join(
                 f"{r['label']}: {', '.join(why)}" for r, why in checked
@@ -100,6 +102,10 @@ def ship_verdicts(report: dict[str, Any], drops: dict[str, float]) -> list[dict[
             else:
                 lost = f"{r['p50_ms'] / best['p50_ms']:.2f}x slower ({r['p50_ms']:.2f} ms)"
             verdict["runner_up"] = {"artifact": r["artifact"], "label": r["label"], "p50_ms": r["p50_ms"], "why": lost}
+            spread = max(best.get("iqr_ms") or 0.0, r.get("iqr_ms") or 0.0)
+            verdict["within_noise"] = bool(spread) and abs(r["p50_ms"] - best["p50_ms"]) <= spread
+            if verdict["within_noise"] and not why:
+                verdict["runner_up"]["why"] += f"; within noise (p50s differ by less than the IQR {spread:.2f} ms)"
         verdicts.append(verdict)
     return verdicts
 

@@ -68,3 +68,14 @@ def test_per_class_drop_against_the_fp32_reference(tmp_path: Path) -> None:
         (base / key / "metrics.json").write_text(json.dumps({"per_class": per_class}))
     assert per_class_drops(tmp_path, "test") == {"int8_onnxruntime": pytest.approx(0.09)}
     assert per_class_drops(tmp_path, None) == {}
+
+
+def test_a_runner_up_within_the_spread_is_flagged_as_noise() -> None:
+    r = report({"onnx": 10.0, "int8_onnxruntime": 4.0})
+    r["latency"][0]["iqr_ms"], r["latency"][1]["iqr_ms"] = 0.5, 0.2
+    (v,) = ship_verdicts(r, {})
+    assert v["within_noise"] is False and "noise" not in v["runner_up"]["why"]
+    r["latency"][0]["p50_ms"] = 4.3  # FP32 4.3 ms vs INT8 4.0: 0.3 ms apart, IQR 0.5 ms
+    r["latency"][0]["iqr_ms"] = 0.5
+    (v,) = ship_verdicts(r, {})
+    assert v["within_noise"] is True and "within noise" in v["runner_up"]["why"]
