@@ -172,3 +172,26 @@ def read_architecture(run_dir: Path) -> dict[str, dict[str, int]] | None:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ToolkitError(f"{path}: expected a mapping of layer names to shapes; prune the run again")
     return data
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Any) -> int:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` of inputs (cumulative average): pruning
+    changes what each layer sees, and stale statistics alone can drop a pruned model to chance. Returns images."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for x in batches:
+            model(x)
+            seen += len(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.train(was_training)
+    return seen

@@ -16,7 +16,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from distill.losses.kd import kd_loss
-from distill.pruning import apply_architecture, architecture, count, prune_channels, read_architecture
+from distill.pruning import (
+    apply_architecture,
+    architecture,
+    count,
+    prune_channels,
+    read_architecture,
+    recalibrate_batchnorm,
+)
 from distill.students import create_student, list_students
 from runtime.classifier import OnnxClassifier
 from runtime.errors import ToolkitError
@@ -91,6 +98,19 @@ def test_a_model_that_cannot_be_traced_is_named() -> None:
         prune_channels(Broken(), SIZE, macs=0.5)
 
 
+def test_batchnorm_statistics_are_re_estimated_on_the_pruned_model() -> None:
+    torch.manual_seed(0)
+    model = create_student("resnet18", 5)
+    prune_channels(model, SIZE, macs=0.5)
+    x = torch.randn(8, 3, *SIZE) * 2 + 1
+    seen = recalibrate_batchnorm(model.eval(), [x[:4], x[4:]])
+    assert seen == 8 and not model.training and model.bn1.momentum == 0.1
+    with torch.no_grad():
+        pre = model.conv1(x)
+    torch.testing.assert_close(model.bn1.running_mean, pre.mean((0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert int(model.bn1.num_batches_tracked) == 2
+
+
 def test_architecture_file_errors_name_the_file(tmp_path: Path) -> None:
     assert read_architecture(tmp_path) is None
     (tmp_path / "architecture.json").write_text("{broken")
@@ -151,6 +171,7 @@ def test_prune_cli_end_to_end_then_export(tmp_path: Path) -> None:
     pruned = tmp_path / "run-pruned50"
     info = json.loads((pruned / "metrics.json").read_text())["prune"]
     assert info["macs_ratio"] <= 0.5 and info["recover"] == "kd" and "val_top1_recovered" in info
+    assert info["bn_images"] == 1024 and {"val_top1_pruned_stale_bn", "val_top1_pruned"} <= set(info)
     assert len((pruned / "metrics.jsonl").read_text().splitlines()) == 1
     res = runner.invoke(app, ["export", str(pruned), "--held-out-images", "8"])
     assert res.exit_code == 0, res.output

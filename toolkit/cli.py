@@ -312,6 +312,9 @@ def prune(
     lr: Annotated[float | None, typer.Option(help="Recovery learning rate (default: the recipe's).")] = None,
     temperature: Annotated[float, typer.Option(help="KD temperature.")] = 4.0,
     alpha: Annotated[float, typer.Option(help="KD weight; CE gets 1 - alpha.")] = 0.9,
+    bn_images: Annotated[
+        int, typer.Option(help="Training images to re-estimate BatchNorm statistics on after pruning (0: skip).")
+    ] = 1024,
     round_to: Annotated[int, typer.Option(help="Channel counts become multiples of this (8 or 16 for INT8).")] = 8,
     max_layer_ratio: Annotated[float, typer.Option(help="At most this fraction of any layer's channels goes.")] = 0.75,
     global_pruning: Annotated[
@@ -329,7 +332,8 @@ def prune(
     with _locked(out_dir):
         info = run_prune(run, out_dir, macs=macs, params=params, round_to=round_to, max_layer_ratio=max_layer_ratio,
                          global_pruning=global_pruning, keep=tuple(keep or ()), recover=recover, epochs=epochs, lr=lr,
-                         temperature=temperature, alpha=alpha, force=force, console=console)  # fmt: skip
+                         temperature=temperature, alpha=alpha, bn_images=bn_images, force=force,
+                         console=console)  # fmt: skip
     test = (
         f", test top-1 {info['test_top1']:.4f} (unpruned {info['test_top1_unpruned']:.4f})"
         if "test_top1" in info

@@ -26,7 +26,7 @@ from distill.evaluate import classifier_validator, predict_logits
 from distill.loss_terms import LossTerm, const
 from distill.losses.kd import kd_loss
 from distill.objectives import CE_TERM, CrossEntropy, Objective, TermValues, split_forward
-from distill.pruning import ARCHITECTURE, architecture, prune_channels
+from distill.pruning import ARCHITECTURE, architecture, prune_channels, recalibrate_batchnorm
 from distill.transforms import eval_transform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
@@ -94,13 +94,16 @@ class _Plain(torch.utils.data.Dataset):
 def run_prune(
     run_dir: Path, out_dir: Path, *, macs: float | None = None, params: float | None = None, round_to: int = 8,
     max_layer_ratio: float = 0.75, global_pruning: bool = False, keep: tuple[str, ...] = (), recover: str = "kd",
-    epochs: int = 5, lr: float | None = None, temperature: float = 4.0, alpha: float = 0.9, force: bool = False,
+    epochs: int = 5, lr: float | None = None, temperature: float = 4.0, alpha: float = 0.9, bn_images: int = 1024,
+    force: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Prune the run's student, recover it, write a run directory at ``out_dir``; returns its metrics."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
     if recover not in RECOVERY:
         raise ToolkitError(f"--recover {recover!r} is not one of {RECOVERY}")
+    if bn_images < 0:
+        raise ToolkitError(f"--bn-images {bn_images}: must be >= 0 (0 skips the BatchNorm re-estimation)")
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise ToolkitError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")
     if out_dir.resolve() == run_dir.resolve():
@@ -124,6 +127,11 @@ def run_prune(
         if ctx.world_size > 1:
             raise ToolkitError("toolkit prune runs in one process (its recovery is short); run it without torchrun")
         validate = classifier_validator(splits.val, contract, cfg.eval_batch_size, ctx.device)
+        val_raw = float(validate(pruned)["val_top1"])
+        transform = eval_transform(contract)
+        if bn_images:
+            subset = splits.train.subset(range(min(bn_images, len(splits.train))))
+            recalibrate_batchnorm(pruned, torch.utils.data.DataLoader(_Plain(subset, transform), batch_size=64))
         val_before = float(validate(pruned)["val_top1"])
         prepare_run_dir(out_dir, resume=False, force=force)
         shutil.copy(run_dir / "preprocess.json", out_dir / "preprocess.json")
@@ -131,16 +139,17 @@ def run_prune(
         write_json(out_dir / ARCHITECTURE, architecture(pruned))
         info = {"source_run": str(run_dir), **result.to_dict(), "round_to": round_to,
                 "max_layer_ratio": max_layer_ratio, "global": global_pruning, "keep": list(keep), "recover": recover,
-                "epochs": epochs, "val_top1_pruned": val_before, "prune_s": round(prune_s, 1)}  # fmt: skip
+                "epochs": epochs, "val_top1_pruned_stale_bn": val_raw, "bn_images": bn_images,
+                "val_top1_pruned": val_before, "prune_s": round(prune_s, 1)}  # fmt: skip
         console.print(
             f"pruned: MACs {result.macs_before / 1e6:.1f}M -> {result.macs_after / 1e6:.1f}M "
             f"({result.macs_after / result.macs_before:.2f}), params {result.params_before / 1e6:.2f}M -> "
-            f"{result.params_after / 1e6:.2f}M; val top-1 right after pruning {val_before:.4f}"
+            f"{result.params_after / 1e6:.2f}M; val top-1 right after pruning {val_raw:.4f}"
+            + (f", {val_before:.4f} with BatchNorm statistics re-estimated on {bn_images} images" if bn_images else "")
         )
         history: list[dict[str, Any]] = []
         weights = pruned.state_dict()
         if recover != "none":
-            transform = eval_transform(contract)
             t1 = time.perf_counter()
             if recover == "kd":
                 logits = teacher_views(unpruned, splits.train, transform, cfg.eval_batch_size)
