@@ -71,14 +71,25 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
     return found
 
 
+_VERIFIED: set[tuple[str, int, int, str]] = set()
+
+
 def _check_hashes(path: Path, entry: dict[str, Any]) -> None:
-    """An artifact must be the bytes export wrote (a copy edited, truncated or half-replaced since is refused)."""
+    """An artifact must be the bytes export wrote (a copy edited, truncated or half-replaced since is refused).
+    A file already verified, unchanged since (same size and mtime), is not hashed again in this process."""
     for file, key in ((path, "sha256"), (path.with_suffix(".bin"), "bin_sha256")):
-        if key in entry and sha256_file(file) != entry[key]:
+        if key not in entry:
+            continue
+        st = file.stat()
+        stamp = (str(file.resolve()), st.st_size, st.st_mtime_ns, entry[key])
+        if stamp in _VERIFIED:
+            continue
+        if sha256_file(file) != entry[key]:
             raise ToolkitError(
                 f"{file}: its sha256 differs from the one manifest.json recorded at export (changed or corrupted "
                 "since); export the run again (`toolkit export RUN`)"
             )
+        _VERIFIED.add(stamp)
 
 
 def artifacts_for(run_dir: Path, backend: str, precisions: tuple[str, ...]) -> list[Artifact]:

@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
+from distill.data import ImageTensorDataset
 from distill.distributed import init_distributed, shutdown_distributed
 from distill.engine import train, write_metrics
 from distill.evaluate import classifier_validator, predict_logits
@@ -72,23 +73,12 @@ class CachedLogitsKD(Objective):
 
 def teacher_views(model: nn.Module, dataset: Dataset, transform: Any, batch_size: int) -> torch.Tensor:
     """(N, 2, C) logits of ``model`` on each image as preprocessed and horizontally flipped."""
-    loader = torch.utils.data.DataLoader(_Plain(dataset, transform), batch_size=batch_size)
+    loader = torch.utils.data.DataLoader(ImageTensorDataset(dataset, transform=transform), batch_size=batch_size)
     out = []
     with torch.no_grad():
-        for x in loader:
+        for x, _ in loader:
             out.append(torch.stack([model(x), model(x.flip(-1))], dim=1))
     return torch.cat(out)
-
-
-class _Plain(torch.utils.data.Dataset):
-    def __init__(self, dataset: Dataset, transform: Any) -> None:
-        self.dataset, self.transform = dataset, transform
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.dataset.image(i))
 
 
 def run_prune(
@@ -131,7 +121,8 @@ def run_prune(
         transform = eval_transform(contract)
         if bn_images:
             subset = splits.train.subset(range(min(bn_images, len(splits.train))))
-            recalibrate_batchnorm(pruned, torch.utils.data.DataLoader(_Plain(subset, transform), batch_size=64))
+            loader = torch.utils.data.DataLoader(ImageTensorDataset(subset, transform=transform), batch_size=64)
+            recalibrate_batchnorm(pruned, (x for x, _ in loader))
         val_before = float(validate(pruned)["val_top1"])
         prepare_run_dir(out_dir, resume=False, force=force)
         shutil.copy(run_dir / "preprocess.json", out_dir / "preprocess.json")
