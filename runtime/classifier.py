@@ -21,6 +21,7 @@ from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.metrics import softmax
 from runtime.preprocess import PreprocessContract
+from runtime.session_settings import check_settings
 
 META_PREPROCESS = "toolkit.preprocess"
 META_FORMAT = "toolkit.format"
@@ -32,6 +33,7 @@ class Classifier(ABC):
 
     path: Path
     contract: PreprocessContract
+    static_batch: int | None = None
 
     @abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:
@@ -44,6 +46,9 @@ class Classifier(ABC):
             raise ToolkitError(
                 f"{self.path}: input must be float32 (N, 3, {h}, {w}), got {batch.dtype} {tuple(batch.shape)}"
             )
+        if self.static_batch and batch.shape[0] != self.static_batch:
+            raise ToolkitError(f"{self.path}: this session was built for batches of {self.static_batch}, "
+                               f"got {batch.shape[0]}")  # fmt: skip
         return self._infer(batch)
 
     def predict(self, dataset: Dataset, batch_size: int = 64) -> np.ndarray:
@@ -70,10 +75,12 @@ class OnnxClassifier(Classifier):
         providers: list[str] | None = None,
         threads: int | None = None,
         provider_options: dict[str, object] | None = None,
+        settings: dict[str, object] | None = None,
     ):
         import onnxruntime as ort
 
         self.path = Path(path)
+        settings = check_settings("onnxruntime", settings or {}, str(self.path))
         if not self.path.is_file():
             raise ToolkitError(f"{self.path}: ONNX model not found")
         providers = providers or ["CPUExecutionProvider"]
@@ -87,9 +94,21 @@ class OnnxClassifier(Classifier):
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        level = settings.get("graph_optimization")
+        if level:
+            options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[str(level)])
+        if "allow_spinning" in settings:
+            options.add_session_config_entry(
+                "session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0"
+            )
+        self.static_batch = settings.get("static_batch")  # type: ignore[assignment]
         opts = [dict(provider_options or {}) if p == providers[0] else {} for p in providers]
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers, provider_options=opts)
+            batch_dim = self.session.get_inputs()[0].shape[0]
+            if self.static_batch and isinstance(batch_dim, str):  # reload with the batch dimension fixed
+                options.add_free_dimension_override_by_name(batch_dim, int(self.static_batch))
+                self.session = ort.InferenceSession(str(self.path), options, providers=providers, provider_options=opts)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for corrupt files
             raise ToolkitError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -99,9 +118,16 @@ class OnnxClassifier(Classifier):
         graph_input = self.session.get_inputs()[0]
         check_input_shape(self.path, [d if isinstance(d, int) else None for d in graph_input.shape], self.contract)
         self.input_name = graph_input.name
+        self.output_name = self.session.get_outputs()[0].name
+        self.binding = self.session.io_binding() if settings.get("io_binding") else None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         try:
+            if self.binding is not None:
+                self.binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+                self.binding.bind_output(self.output_name)
+                self.session.run_with_iobinding(self.binding)
+                return self.binding.copy_outputs_to_cpu()[0]
             return self.session.run(None, {self.input_name: batch})[0]
         except Exception as exc:  # noqa: BLE001 - ORT's own exception types
             raise ToolkitError(f"{self.path}: ONNX Runtime failed on a {tuple(batch.shape)} batch ({exc})") from exc
@@ -110,10 +136,17 @@ class OnnxClassifier(Classifier):
 class OpenVinoClassifier(Classifier):
     """An OpenVINO IR (model.xml + model.bin) compiled for a device (CPU by default)."""
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "CPU", threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "CPU",
+        threads: int | None = None,
+        settings: dict[str, object] | None = None,
+    ):
         import openvino as ov
 
         self.path = Path(path)
+        settings = check_settings("openvino", settings or {}, str(self.path))
         if not self.path.is_file():
             raise ToolkitError(f"{self.path}: OpenVINO IR not found")
         core = ov.Core()
@@ -131,10 +164,22 @@ class OpenVinoClassifier(Classifier):
             # On CPUs with native bf16 (avx512_bf16, AMX) OpenVINO's default runs float layers in bf16: the
             # artifact's numbers would not be its fp32 weights' (parity fails). INT8 layers stay INT8.
             config["INFERENCE_PRECISION_HINT"] = "f32"
+        if settings.get("performance_hint", "none") != "none":
+            config["PERFORMANCE_HINT"] = settings["performance_hint"]
+        if "num_streams" in settings:
+            config["NUM_STREAMS"] = settings["num_streams"]
+        if "cpu_pinning" in settings:
+            config["ENABLE_CPU_PINNING"] = settings["cpu_pinning"]
+        self.static_batch = settings.get("static_batch")  # type: ignore[assignment]
+        if self.static_batch:
+            h, w = self.contract.input_size
+            model.reshape({model.inputs[0]: [int(self.static_batch), 3, h, w]})
         self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()  # one request reused, as a deployed program does
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.compiled(batch)[0]
+        self.request.infer({0: batch}, share_inputs=True, share_outputs=True)
+        return self.request.get_output_tensor(0).data.copy()
 
 
 class TensorRTClassifier(Classifier):
@@ -205,16 +250,21 @@ def open_classifier(
     threads: int | None = None,
     provider_options: dict[str, object] | None = None,
     device: str = "CPU",
+    settings: dict[str, object] | None = None,
 ) -> Classifier:
     """The right session for a model file, by its kind: .onnx, OpenVINO .xml, or a TensorRT .engine."""
     path = Path(path)
     if path.suffix == ".onnx":
-        return OnnxClassifier(path, providers, threads, provider_options)
+        return OnnxClassifier(path, providers, threads, provider_options, settings)
     if path.suffix == ".xml":
-        return OpenVinoClassifier(path, device, threads)
+        return OpenVinoClassifier(path, device, threads, settings)
     if path.suffix in (".engine", ".plan"):
         return TensorRTClassifier(path)
     raise ToolkitError(f"{path}: unknown model kind; expected .onnx, OpenVINO .xml or TensorRT .engine")
+
+
+_ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+               "all": "ORT_ENABLE_ALL"}  # fmt: skip
 
 
 def load_contract(path: Path, text: str) -> PreprocessContract:

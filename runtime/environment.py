@@ -41,19 +41,31 @@ def _khz_to_mhz(value: str | None) -> float | None:
     return round(int(value) / 1000, 1) if value and value.isdigit() else None
 
 
+def _mhz(value: str | None) -> float | None:
+    try:
+        return round(float(value), 1) if value else None
+    except ValueError:
+        return None
+
+
 def cpu_description() -> dict[str, Any]:
     info = _cpuinfo()
     flags = set((info.get("flags") or info.get("Features") or "").split())
     freq = "/sys/devices/system/cpu/cpu0/cpufreq"
+    siblings, cores = info.get("siblings", ""), info.get("cpu cores", "")
     return {
         "model": info.get("model name") or info.get("Model") or platform.processor() or None,
+        "vendor": info.get("vendor_id") or info.get("CPU implementer"),
+        "family": int(info["cpu family"]) if info.get("cpu family", "").isdigit() else None,
         "architecture": platform.machine(),
+        "threads_per_core": int(siblings) // int(cores) if siblings.isdigit() and cores.isdigit() and int(cores) else 1,
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "flags": sorted(f for f in CPU_FLAGS if f in flags),
         "clock_mhz": {
             "current": _khz_to_mhz(_read(f"{freq}/scaling_cur_freq")),
             "max": _khz_to_mhz(_read(f"{freq}/cpuinfo_max_freq")),
+            "cpuinfo": _mhz(info.get("cpu MHz")),
         },
         "governor": _read(f"{freq}/scaling_governor"),
     }
@@ -80,7 +92,24 @@ def describe_environment() -> dict[str, Any]:
         "memory_gb": _memory_gb(),
         "packages": runtime_versions(),
         "power": _power(),
+        "gpus": _gpus(),
     }
+
+
+def _gpus() -> list[dict[str, Any]]:
+    """CUDA devices by name and SM count, where cuda-python is installed (empty otherwise)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return []
+    err, count = cudart.cudaGetDeviceCount()
+    gpus = []
+    for i in range(count if int(err) == 0 else 0):
+        err, props = cudart.cudaGetDeviceProperties(i)
+        if int(err) == 0:
+            name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+            gpus.append({"name": name.strip("\x00 "), "sm_count": int(props.multiProcessorCount)})
+    return gpus
 
 
 def _memory_gb() -> float | None:

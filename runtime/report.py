@@ -119,9 +119,26 @@ def latency_table(run_dir: Path) -> list[dict[str, Any]]:
                     "throughput": {str(o["batch_size"]): o["images_per_s"] for o in entry["offline"]},
                     "samples_ms": ss.get("samples_ms", []),
                     "iqr_ms": _iqr(ss.get("samples_ms", [])),
+                    "session": entry.get("session", {}),
+                    "costs": entry.get("costs", {}),
+                    "roofline": entry.get("roofline", {}),
                 }
             )
     return rows
+
+
+def target_peaks(run_dir: Path) -> dict[str, Any]:
+    """Per benchmarked target: its peak (or why unknown) and the measured GEMM ceiling."""
+    out = {}
+    for path in sorted((run_dir / "bench").glob("*.json")):
+        result = json.loads(path.read_text())
+        out[result["target"]["name"]] = {k: result.get(k) for k in ("peak", "gemm_ceiling")}
+    return out
+
+
+def tuning_sweeps(run_dir: Path) -> dict[str, Any]:
+    """The session-settings sweeps recorded by `toolkit bench --tune`, by target then artifact."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "bench" / "tuning").glob("*.json"))}
 
 
 def _environments(run_dir: Path) -> dict[str, Any]:
@@ -159,6 +176,8 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         if chosen
         else [],
         "latency": latency_table(run_dir),
+        "peaks": target_peaks(run_dir),
+        "tuning": tuning_sweeps(run_dir),
         "sizes": [{"artifact": a.key, "label": a.label, "bytes": a.bytes} for a in run_artifacts(run_dir, manifest)],
         "parity": exports.get("onnx", {}).get("parity"),
         "calibration": exports.get("calibration"),

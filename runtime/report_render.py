@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import write_bytes, write_json, write_text
+from runtime.session_settings import describe_settings
 
 
 def _pct(x: float | None) -> str:
@@ -112,6 +113,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             ),
         )
     )
+    out += _efficiency_sections(report)
     out.append(("Model sizes", _table(["artifact", "MB"], [[s["label"], _mb(s["bytes"])] for s in report["sizes"]])))
     body = []
     if report["parity"]:
@@ -178,6 +180,74 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return out
+
+
+def _pct_or(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _efficiency_sections(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Compute efficiency (MACs, bytes, % of peak and of the measured GEMM ceiling) and the tuning sweeps."""
+    sections = []
+    rows = []
+    for r in report["latency"]:
+        c, f = r.get("costs") or {}, r.get("roofline") or {}
+        if "macs" not in c:
+            rows.append([r["target"], r["label"], c.get("unknown", "not counted"), *["-"] * 7])
+            continue
+        dw = c["by_kind"].get("depthwise")
+        b1, big = f.get("batch_1", {}), f.get("largest_batch", {})
+        rows.append([
+            r["target"], r["label"], f"{c['macs'] / 1e9:.3f}", f"{c['bytes_moved'] / 1e6:.1f}",
+            f"{c['macs_per_byte']:.1f}",
+            "-" if not dw else f"{100 * dw['macs_share']:.0f}% / {100 * dw['bytes_share']:.0f}%",
+            f"{b1.get('gmacs_per_s', 0):.0f}", _pct_or(b1.get("percent_of_peak")),
+            _pct_or(b1.get("percent_of_gemm_ceiling")),
+            f"b{big['batch_size']}: {_pct_or(big.get('percent_of_peak'))}" if big else "-",
+        ])  # fmt: skip
+    if rows:
+        notes = []
+        for target, p in (report.get("peaks") or {}).items():
+            peak, ceiling = p.get("peak") or {}, p.get("gemm_ceiling") or {}
+            text = (
+                ", ".join(f"{k} {v:,.0f}" for k, v in peak["gmacs"].items()) + f" GMAC/s ({peak['basis']})"
+                if "gmacs" in peak
+                else peak.get("unknown", "peak unknown")
+            )
+            if "gmacs" in ceiling:
+                text += "; measured GEMM ceiling " + ", ".join(f"{k} {v:,.0f}" for k, v in ceiling["gmacs"].items())
+            notes.append(f"- {target}: peak {text}")
+        sections.append((
+            "Compute efficiency",
+            "MACs counted from each artifact's graph (conv and matmul layers, batch 1); bytes each layer reads and "
+            "writes at the artifact's precision if nothing stayed in cache; achieved GMAC/s at batch-1 p50, as % of "
+            "the target's peak and of the GEMM rate measured on the same cores. Depthwise layers hold few MACs but "
+            "many bytes: they are bound by memory, not arithmetic.\n\n"
+            + _table(["target", "artifact", "GMAC", "MB moved", "MAC/byte", "depthwise MACs / bytes",
+                      "GMAC/s b1", "% peak b1", "% GEMM ceiling b1", "% peak largest batch"], rows)
+            + "\n\n" + "\n".join(notes),
+        ))  # fmt: skip
+    sweep_rows = []
+    for target, arts in (report.get("tuning") or {}).items():
+        for entry in arts.values():
+            rows_ = entry.get("rows", [])
+            last = max((i for i, r in enumerate(rows_) if r["settings"] == entry["best"] and r["status"] == "ok"),
+                       default=None)  # fmt: skip
+            for i, row in enumerate(rows_):
+                chosen = "chosen" if i == last else ""
+                sweep_rows.append([
+                    target, entry.get("label", entry["file"]), row.get("step", ""), describe_settings(row["settings"]),
+                    f"{row['p50_ms']:.3f}" if "p50_ms" in row else "-",
+                    row["status"] if row["status"] != "ok" else chosen,
+                ])  # fmt: skip
+    if sweep_rows:
+        sections.append((
+            "Session tuning",
+            "`toolkit bench --tune`: one setting at a time, candidates timed in interleaved rounds at batch 1 "
+            "(p50, ms); the fastest is kept and used by the latency table above. Settings that change the logits "
+            "are rejected.\n\n" + _table(["target", "artifact", "step", "settings", "p50", "status"], sweep_rows),
+        ))  # fmt: skip
+    return sections
 
 
 def plots(report: dict[str, Any]) -> dict[str, bytes]:

@@ -18,7 +18,10 @@ from runtime.errors import ToolkitError, did_you_mean
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
-FIELDS = ("description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes")
+FIELDS = (
+    "description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes",
+    "peak_gmacs", "session",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class TargetProfile:
     provider_options: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
     description: str = ""
+    peak_gmacs: dict[str, float] = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
 
     def unavailable_reason(self) -> str | None:
         """None when this machine can run the profile, else why not (missing package, provider or device)."""
@@ -99,6 +104,14 @@ def _parse(name: str, raw: Any, source: str) -> TargetProfile:
     options = raw.get("provider_options") or {}
     if not isinstance(options, dict):
         raise ToolkitError(f"{where}: provider_options must be a mapping")
+    peak = raw.get("peak_gmacs") or {}
+    if not isinstance(peak, dict) or any(
+        p not in PRECISIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for p, v in peak.items()
+    ):
+        raise ToolkitError(f"{where}: peak_gmacs must map {', '.join(PRECISIONS)} to positive GMAC/s, got {peak!r}")
+    session = raw.get("session") or {}
+    if not isinstance(session, dict):
+        raise ToolkitError(f"{where}: session must be a mapping of session settings (see `toolkit bench --tune`)")
     return TargetProfile(
         name=name,
         backend=backend,
@@ -109,6 +122,8 @@ def _parse(name: str, raw: Any, source: str) -> TargetProfile:
         provider_options=dict(options),
         device=device,
         description=str(raw.get("description", "")),
+        peak_gmacs={str(p): float(v) for p, v in peak.items()},
+        session=dict(session),
     )
 
 

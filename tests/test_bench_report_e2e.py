@@ -37,9 +37,18 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
     arts = json.loads((run / "manifest.json").read_text())["evaluations"]["data"]["artifacts"]
     assert list(arts) == keys
     assert arts["onnx"]["agreement_with_student"] == 1.0  # FP32 ONNX predicts what PyTorch predicts
-    res = runner.invoke(app, ["bench", str(run), "-t", "ort-cpu-1t", "-t", "openvino-cpu", *FAST])
+    res = runner.invoke(app, ["bench", str(run), "-t", "ort-cpu-1t", "-t", "openvino-cpu", "--tune", *FAST])
     assert res.exit_code == 0, res.output
     ort = json.loads((run / "bench" / "ort-cpu-1t.json").read_text())
+    for target in ("ort-cpu-1t", "openvino-cpu"):  # the sweep's choice is what was measured
+        tuned = json.loads((run / "bench" / "tuning" / f"{target}.json").read_text())
+        measured = json.loads((run / "bench" / f"{target}.json").read_text())["artifacts"]
+        assert [a["session"] for a in measured] == [tuned[a["artifact"]]["best"] for a in measured]
+        assert all(len(tuned[a["artifact"]]["rows"]) >= 8 for a in measured)
+    assert ort["artifacts"][1]["costs"]["precision"] == "int8" and ort["artifacts"][1]["costs"]["macs"] > 0
+    assert ort["artifacts"][0]["costs"]["macs"] == ort["artifacts"][1]["costs"]["macs"]
+    assert ort["artifacts"][1]["roofline"]["batch_1"]["gmacs_per_s"] > 0
+    assert "gmacs" in ort["gemm_ceiling"] and ("gmacs" in ort["peak"] or "unknown" in ort["peak"])
     assert [a["artifact"] for a in ort["artifacts"]] == ["onnx", "int8_onnxruntime"]
     assert ort["artifacts"][0]["pinned_cpus"] == [min(ort["artifacts"][0]["pinned_cpus"])]
     assert [o["batch_size"] for o in ort["artifacts"][0]["offline"]] == [1, 8, 32]
@@ -52,6 +61,8 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
     assert [s["stage"] for s in report["ladder"]] == ["teacher", "student", *keys]
     assert all(0.0 <= s["agreement"] <= 1.0 for s in report["ladder"][2:])
     assert len(report["latency"]) == 4
+    md = (run / "report.md").read_text()
+    assert "## Compute efficiency" in md and "## Session tuning" in md and md.count("| chosen |") == 4
     assert (run / "report.html").read_text().count("data:image/png") == 3
 
 

@@ -7,6 +7,7 @@ model file: DIR/bench/files/<file>.<target>.json).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,29 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from runtime.artifacts import Artifact, artifacts_for, read_run_manifest
 from runtime.atomic import write_json
+from runtime.ceiling import measure_gemm_ceiling
 from runtime.classifier import Classifier, open_classifier
 from runtime.environment import describe_environment
 from runtime.errors import ToolkitError
+from runtime.hashing import sha256_file
 from runtime.latency import RunLimits, offline, pinned_cpus, single_stream
+from runtime.layer_costs import graph_precision
+from runtime.peaks import reconcile_with_ceiling, target_peak
+from runtime.roofline import artifact_costs, roofline
+from runtime.session_settings import describe_settings
 from runtime.targets import TargetProfile, get_target, load_targets
+from runtime.tuning import sweep_settings
 from toolkit.rundir import update_manifest
 
 
-def _session(artifact: Artifact, target: TargetProfile) -> Classifier:
+def _session(artifact: Artifact, target: TargetProfile, settings: dict[str, Any] | None = None) -> Classifier:
     return open_classifier(
         artifact.path,
         providers=[target.provider] if target.provider else None,
         threads=target.threads,
         provider_options=target.provider_options,
         device=target.device or "CPU",
+        settings=settings if settings is not None else target.session,
     )
 
 
@@ -38,18 +47,34 @@ def _model_artifact(path: Path) -> Artifact:
     kind = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}.get(path.suffix)
     if kind is None or not path.is_file():
         raise ToolkitError(f"{path}: not a run directory or a model file (.onnx, OpenVINO .xml, TensorRT .engine)")
-    return Artifact(path.name, path.name, kind, "as exported", path, path.stat().st_size)
+    return Artifact(path.name, path.name, kind, graph_precision(path), path, path.stat().st_size)
 
 
 def bench_artifact(
-    artifact: Artifact, target: TargetProfile, limits: RunLimits, progress: Progress | None = None
+    artifact: Artifact,
+    target: TargetProfile,
+    limits: RunLimits,
+    progress: Progress | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """SingleStream at batch 1 and Offline at each of the target's batch sizes, threads pinned."""
-    session = _session(artifact, target)
-    h, w = session.contract.input_size
+    """SingleStream at batch 1 and Offline at each of the target's batch sizes, threads pinned. With a
+    ``static_batch`` setting each batch size gets its own session compiled for that shape."""
+    settings = dict(target.session if settings is None else settings)
+    shared = _session(artifact, target, settings)
+    sessions: dict[int, Classifier] = {}
+
+    def session_for(bs: int) -> Classifier:
+        if not settings.get("static_batch"):
+            return shared
+        if bs not in sessions:
+            sessions[bs] = _session(artifact, target, {**settings, "static_batch": bs})
+        return sessions[bs]
+
+    h, w = shared.contract.input_size
     rng = np.random.default_rng(0)
     result: dict[str, Any] = {"artifact": artifact.key, "label": artifact.label, "file": artifact.path.name}
     result["bytes"] = artifact.bytes
+    result["session"] = settings
     with pinned_cpus(target.threads) as cpus:
         result["pinned_cpus"] = cpus
         scenarios = [1, *target.batch_sizes]
@@ -59,12 +84,69 @@ def bench_artifact(
             return (lambda f: progress.update(task, completed=i + f)) if progress else None
 
         sample = rng.standard_normal((1, 3, h, w)).astype(np.float32)
-        result["single_stream"] = single_stream(session.run, sample, limits, step(0))
+        result["single_stream"] = single_stream(session_for(1).run, sample, limits, step(0))
         result["offline"] = []
         for i, bs in enumerate(target.batch_sizes, start=1):
             batch = rng.standard_normal((bs, 3, h, w)).astype(np.float32)
-            result["offline"].append(offline(session.run, batch, limits, step(i)))
+            result["offline"].append(offline(session_for(bs).run, batch, limits, step(i)))
     return result
+
+
+def tune_artifact(artifact: Artifact, target: TargetProfile) -> dict[str, Any]:
+    """The session-settings sweep (runtime.tuning) for one artifact on one target, threads pinned."""
+    probe = _session(artifact, target)
+    h, w = probe.contract.input_size
+    x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+    with pinned_cpus(target.threads):
+        result = sweep_settings(target.backend, lambda s: _session(artifact, target, s), x, dict(target.session))
+    return {"file": artifact.path.name, "label": artifact.label, "sha256": sha256_file(artifact.path), **result}
+
+
+def _tuning_file(path: Path, is_run: bool, target: str) -> Path:
+    return path / "bench" / "tuning" / f"{target}.json" if is_run else (
+        path.parent / "bench" / "files" / f"{path.name}.{target}.tuning.json")  # fmt: skip
+
+
+def _tuned(tuning: dict[str, Any], artifact: Artifact, console: Console) -> dict[str, Any] | None:
+    """The settings a recorded sweep chose for ``artifact``, unless the file changed since (then None)."""
+    entry = tuning.get(artifact.key)
+    if not entry:
+        return None
+    if entry.get("sha256") != sha256_file(artifact.path):
+        console.print(f"{artifact.label}: re-exported since its tuning sweep; using the target's settings "
+                      "(rerun with --tune)")  # fmt: skip
+        return None
+    return dict(entry["best"])
+
+
+def _cost_source(artifact: Artifact, run_dir: Path | None) -> Path | None:
+    """The graph MACs are counted from: the artifact itself, or for an engine the Q/DQ ONNX it was built from."""
+    if artifact.path.suffix in (".onnx", ".xml"):
+        return artifact.path
+    if run_dir is not None:
+        entry = read_run_manifest(run_dir).get("exports", {}).get("int8_tensorrt", {})
+        if entry.get("file") and (run_dir / entry["file"]).is_file():
+            return run_dir / entry["file"]
+    return None
+
+
+def _peak_and_ceiling(profile: TargetProfile, environment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The target's peak (table or profile) and, on CPU targets, the measured GEMM ceiling it is checked with."""
+    peak = target_peak(profile, environment)
+    if profile.backend == "tensorrt" or (profile.provider or "CPU").upper()[:3] != "CPU":
+        return peak, {"unknown": "the GEMM ceiling is measured on CPU targets only"}
+    threads = profile.threads or int(peak.get("cores") or environment["cpu"].get("usable_cores") or 1)
+    with pinned_cpus(profile.threads):
+        ceiling = measure_gemm_ceiling(threads)
+    return (peak if profile.peak_gmacs else reconcile_with_ceiling(peak, ceiling)), ceiling
+
+
+def _roofline_text(entry: dict[str, Any]) -> str:
+    r = entry.get("roofline", {})
+    if "batch_1" not in r:
+        return ""
+    pct = r["batch_1"]["percent_of_peak"]
+    return f"  {r['batch_1']['gmacs_per_s']:.0f} GMAC/s" + (f" ({pct:.0f}% of peak)" if pct is not None else "")
 
 
 def run_bench(
@@ -73,8 +155,11 @@ def run_bench(
     limits: RunLimits,
     console: Console,
     targets_file: Path | None = None,
+    tune: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Bench ``path`` (a run directory or a model file) on each named target; returns results by target."""
+    """Bench ``path`` (a run directory or a model file) on each named target; returns results by target.
+    ``tune`` first sweeps session settings per artifact (RUN/bench/tuning/<target>.json); a recorded sweep
+    is used by later benches until the artifact changes."""
     targets = load_targets(targets_file)
     profiles = [get_target(name, targets) for name in target_names]
     is_run = path.is_dir()
@@ -82,6 +167,7 @@ def run_bench(
         read_run_manifest(path)
     environment = describe_environment()
     results: dict[str, dict[str, Any]] = {}
+    costs: dict[tuple[Path, str], dict[str, Any]] = {}
     for profile in profiles:
         reason = profile.unavailable_reason()
         if reason:
@@ -93,20 +179,41 @@ def run_bench(
                 f"run `toolkit export {path} --int8 --backend {profile.backend}` first"
             )
         entries = []
+        peak, ceiling = _peak_and_ceiling(profile, environment)
+        tuning_path = _tuning_file(path, is_run, profile.name)
+        tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() and not tune else {}
+        if tune:
+            for artifact in arts:
+                console.print(f"{profile.name:<14} {artifact.label:<28} sweeping session settings ...")
+                tuning[artifact.key] = entry = tune_artifact(artifact, profile)
+                gain = f" ({entry['speedup']:.2f}x vs defaults)" if entry.get("speedup") else ""
+                console.print(f"{'':<14} {'':<28} best: {describe_settings(entry['best'])}{gain}")
+            write_json(tuning_path, tuning)
         with Progress(
             TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
         ) as progress:
             for artifact in arts:
-                entry = bench_artifact(artifact, profile, limits, progress)
+                entry = bench_artifact(artifact, profile, limits, progress, _tuned(tuning, artifact, console))
+                source = _cost_source(artifact, path if is_run else None)
+                if source is None:
+                    entry["costs"] = {"unknown": f"{artifact.path.name}: no ONNX or OpenVINO graph to count MACs from"}
+                else:
+                    if (source, artifact.precision) not in costs:
+                        costs[source, artifact.precision] = artifact_costs(source, artifact.precision)
+                    entry["costs"] = costs[source, artifact.precision]
+                entry["roofline"] = roofline(entry["costs"], entry, peak, artifact.precision, ceiling)
                 ss = entry["single_stream"]
                 console.print(
                     f"{profile.name:<14} {artifact.label:<28} p50 {ss['p50_ms']:.2f} ms  p90 {ss['p90_ms']:.2f} ms  "
                     + "  ".join(f"b{o['batch_size']} {o['images_per_s']:.0f} img/s" for o in entry["offline"])
+                    + _roofline_text(entry)
                 )
                 entries.append(entry)
         result = {
             "target": {"name": profile.name, **{k: v for k, v in vars(profile).items() if k != "name"}},
             "limits": vars(limits),
+            "peak": peak,
+            "gemm_ceiling": ceiling,
             "environment": environment,
             "input": "random normal tensors of the contract's shape (latency does not depend on pixel values)",
             "artifacts": entries,

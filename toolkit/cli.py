@@ -375,6 +375,13 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed queries before each scenario.")] = 10,
     max_duration: Annotated[float, typer.Option(help="Cap per scenario, for very slow models.")] = 120.0,
     targets_file: TargetsFile = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            help="First sweep session settings per artifact (static shape, hints, streams, graph "
+            "optimisation, ...), keep the fastest; recorded in RUN/bench/tuning/ and reused."
+        ),
+    ] = False,  # fmt: skip
 ) -> None:
     """SingleStream latency (p50/p90/p95/p99) and Offline throughput per artifact and target -> RUN/bench/."""
     from runtime.latency import RunLimits
@@ -382,7 +389,7 @@ def bench(
 
     limits = RunLimits(warmup, min_duration, min_queries, max_duration)
     with _locked(path) if path.is_dir() else contextlib.nullcontext():
-        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file)
+        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file, tune)
     if path.is_dir():
         from runtime.report import build_report
         from runtime.verdict import describe_verdict
