@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -58,10 +58,11 @@ class RunLimits:
     min_duration_s: float = 5.0
     min_queries: int = 100
     max_duration_s: float = 120.0
+    rounds: int = 3
 
     def __post_init__(self) -> None:
-        if self.min_queries < 1 or self.warmup_queries < 0 or self.min_duration_s < 0:
-            raise ToolkitError(f"bench limits: need min_queries >= 1, warmup_queries >= 0, got {self}")
+        if self.min_queries < 1 or self.warmup_queries < 0 or self.min_duration_s < 0 or self.rounds < 1:
+            raise ToolkitError(f"bench limits: need min_queries >= 1, warmup_queries >= 0, rounds >= 1, got {self}")
         if self.max_duration_s < self.min_duration_s:
             raise ToolkitError(f"bench limits: max_duration_s ({self.max_duration_s}) < min ({self.min_duration_s})")
 
@@ -87,14 +88,31 @@ def _timed_loop(query: Callable[[], object], limits: RunLimits, progress: Progre
 def single_stream(
     run: Callable[[np.ndarray], object], sample: np.ndarray, limits: RunLimits, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Batch-1 latency: ``sample`` is one preprocessed input of shape (1, ...)."""
+    """Batch-1 latency: ``sample`` is one preprocessed input of shape (1, ...). The minimum duration and
+    query count are split over ``limits.rounds`` rounds; the spread of the rounds' p50s is how much the
+    figure moves from one measurement to the next on this machine."""
     if sample.shape[0] != 1:
         raise ToolkitError(f"SingleStream takes a batch of 1, got shape {tuple(sample.shape)}")
-    samples, elapsed = _timed_loop(lambda: run(sample), limits, progress)
+    n = limits.rounds
+    per_round = RunLimits(limits.warmup_queries, limits.min_duration_s / n, -(-limits.min_queries // n),
+                          limits.max_duration_s / n, 1)  # fmt: skip
+    samples: list[float] = []
+    round_p50s: list[float] = []
+    elapsed = 0.0
+    for i in range(n):
+        step = (lambda f, i=i: progress((i + f) / n)) if progress else None
+        got, seconds = _timed_loop(lambda: run(sample), per_round if i == 0 else replace(per_round, warmup_queries=0),
+                                   step)  # fmt: skip
+        samples += got
+        elapsed += seconds
+        round_p50s.append(float(np.median(got)))
     stats = LatencyStats.from_samples(samples, elapsed)
     return {
         "scenario": "SingleStream",
         **stats.to_dict(),
+        "rounds": n,
+        "round_p50_ms": [round(x, 4) for x in round_p50s],
+        "round_spread_ms": round(max(round_p50s) - min(round_p50s), 4),
         "hit_max_duration": elapsed >= limits.max_duration_s,
         "samples_ms": [round(x, 4) for x in samples],  # for the latency-distribution plot
     }

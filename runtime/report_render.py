@@ -95,6 +95,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             _pct(top1.get(r["artifact"])),
             f"{r['p50_ms']:.2f}",
             "-" if r.get("iqr_ms") is None else f"{r['iqr_ms']:.2f}",
+            "-" if r.get("round_spread_ms") is None else f"{r['round_spread_ms']:.2f} ({r['rounds']})",
             f"{r['p90_ms']:.2f}",
             f"{r['p99_ms']:.2f}",
             ", ".join(f"b{b}: {v:.0f}" for b, v in r["throughput"].items()),
@@ -104,10 +105,10 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     out.append(
         (
             "Latency per target",
-            "SingleStream (batch 1) latency in ms (IQR: p75 - p25, the run's spread) and Offline throughput in "
-            "images/s (`toolkit bench`).\n\n"
+            "SingleStream (batch 1) latency in ms (IQR: p75 - p25 of all samples; rounds: max - min of the p50s "
+            "of repeated rounds, their number in brackets) and Offline throughput in images/s (`toolkit bench`).\n\n"
             + (
-                _table(["target", "artifact", "top-1", "p50", "IQR", "p90", "p99", "throughput"], lat_rows)
+                _table(["target", "artifact", "top-1", "p50", "IQR", "rounds", "p90", "p99", "throughput"], lat_rows)
                 if lat_rows
                 else "No measurements yet: run `toolkit bench RUN --target ort-cpu-1t`."
             ),
@@ -182,6 +183,10 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _pct_or(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
 
@@ -226,6 +231,42 @@ def _efficiency_sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             + _table(["target", "artifact", "GMAC", "MB moved", "MAC/byte", "depthwise MACs / bytes",
                       "GMAC/s b1", "% peak b1", "% GEMM ceiling b1", "% peak largest batch"], rows)
             + "\n\n" + "\n".join(notes),
+        ))  # fmt: skip
+    res_rows = [
+        [
+            r["target"], r["label"], "-" if r.get("load_s") is None else f"{r['load_s']:.3f}",
+            _num((r.get("memory") or {}).get("session_mb")), _num((r.get("memory") or {}).get("peak_rss_mb")),
+            (r.get("energy") or {}).get("mj_per_inference", "not available" if (r.get("energy") or {}) else "-"),
+        ]
+        for r in report["latency"]
+        if r.get("memory")
+    ]  # fmt: skip
+    if res_rows:
+        sections.append((
+            "Memory, load time and energy",
+            "Load: seconds to create the session (compile included). Session MB: resident memory the session added "
+            "after its first inference; peak RSS: the bench process's peak while the artifact was measured. Energy: "
+            "mJ per batch-1 inference from the machine's meter, where it has one.\n\n"
+            + _table(["target", "artifact", "load s", "session MB", "peak RSS MB", "energy mJ/inference"], res_rows)
+            + "".join(f"\n\nEnergy {why}." for why in sorted({(r.get("energy") or {}).get("unavailable")
+                                                              for r in report["latency"]} - {None})),
+        ))  # fmt: skip
+    cross = [r for r in report["latency"] if r.get("cross_check")]
+    if cross:
+        rows_x = []
+        for r in cross:
+            c = r["cross_check"]
+            if "p50_ms" in c:
+                rows_x.append([r["target"], r["label"], f"{r['p50_ms']:.3f}", f"{c['p50_ms']:.3f}", c["tool"],
+                               f"{c['ours_over_tool']:.2f}x"])  # fmt: skip
+            else:
+                rows_x.append([r["target"], r["label"], f"{r['p50_ms']:.3f}", "-", c.get("tool") or "-",
+                               c["unavailable"]])  # fmt: skip
+        sections.append((
+            "Cross-check with the engines' own tools",
+            "Batch-1 median of the same file, same threads, by the engine's benchmark tool (OpenVINO benchmark_app "
+            "with FP32 inference precision, as `toolkit bench` runs it).\n\n"
+            + _table(["target", "artifact", "toolkit p50", "tool p50", "tool", "toolkit / tool"], rows_x),
         ))  # fmt: skip
     sweep_rows = []
     for target, arts in (report.get("tuning") or {}).items():

@@ -37,7 +37,9 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
     arts = json.loads((run / "manifest.json").read_text())["evaluations"]["data"]["artifacts"]
     assert list(arts) == keys
     assert arts["onnx"]["agreement_with_student"] == 1.0  # FP32 ONNX predicts what PyTorch predicts
-    res = runner.invoke(app, ["bench", str(run), "-t", "ort-cpu-1t", "-t", "openvino-cpu", "--tune", *FAST])
+    res = runner.invoke(
+        app, ["bench", str(run), "-t", "ort-cpu-1t", "-t", "openvino-cpu", "--tune", "--cross-check", *FAST]
+    )
     assert res.exit_code == 0, res.output
     ort = json.loads((run / "bench" / "ort-cpu-1t.json").read_text())
     for target in ("ort-cpu-1t", "openvino-cpu"):  # the sweep's choice is what was measured
@@ -49,6 +51,9 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
     assert ort["artifacts"][0]["costs"]["macs"] == ort["artifacts"][1]["costs"]["macs"]
     assert ort["artifacts"][1]["roofline"]["batch_1"]["gmacs_per_s"] > 0
     assert "gmacs" in ort["gemm_ceiling"] and ("gmacs" in ort["peak"] or "unknown" in ort["peak"])
+    assert all(a["load_s"] > 0 and a["memory"]["peak_rss_mb"] > 0 and a["energy"] for a in ort["artifacts"])
+    ov_check = json.loads((run / "bench" / "openvino-cpu.json").read_text())["artifacts"][1]["cross_check"]
+    assert ov_check["tool"] == "benchmark_app" and ov_check["p50_ms"] > 0 and ov_check["ours_over_tool"] > 0
     assert [a["artifact"] for a in ort["artifacts"]] == ["onnx", "int8_onnxruntime"]
     assert ort["artifacts"][0]["pinned_cpus"] == [min(ort["artifacts"][0]["pinned_cpus"])]
     assert [o["batch_size"] for o in ort["artifacts"][0]["offline"]] == [1, 8, 32]
@@ -62,7 +67,12 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
     assert all(0.0 <= s["agreement"] <= 1.0 for s in report["ladder"][2:])
     assert len(report["latency"]) == 4
     md = (run / "report.md").read_text()
-    assert "## Compute efficiency" in md and "## Session tuning" in md and md.count("| chosen |") == 4
+    assert (
+        "## Compute efficiency" in md
+        and "## Session tuning" in md
+        and "## Cross-check" in md
+        and md.count("| chosen |") == 4
+    )
     assert (run / "report.html").read_text().count("data:image/png") == 3
 
 

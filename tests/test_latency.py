@@ -31,10 +31,26 @@ def test_single_stream_runs_warmup_then_until_min_queries() -> None:
     limits = RunLimits(warmup_queries=3, min_duration_s=0.0, min_queries=25, max_duration_s=60)
     progress: list[float] = []
     r = single_stream(lambda x: calls.append(x.shape), np.zeros((1, 3, 4, 4), np.float32), limits, progress.append)
-    assert len(calls) == 28 and r["count"] == 25 and len(r["samples_ms"]) == 25
+    # 3 rounds of ceil(25 / 3) = 9 queries; warm-up only before the first
+    assert len(calls) == 30 and r["count"] == 27 and len(r["samples_ms"]) == 27 and r["rounds"] == 3
     assert r["scenario"] == "SingleStream" and not r["hit_max_duration"]
     assert progress[-1] == 1.0 and all(0 <= p <= 1 for p in progress)
     assert r["min_ms"] <= r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["max_ms"]
+
+
+def test_rounds_report_their_spread() -> None:
+    calls = []
+
+    def run(x: np.ndarray) -> None:  # the second round runs on a "busier machine"
+        calls.append(1)
+        time.sleep(0.004 if 5 < len(calls) <= 10 else 0.001)
+
+    limits = RunLimits(warmup_queries=0, min_duration_s=0.0, min_queries=15, rounds=3)
+    r = single_stream(run, np.zeros((1, 1), np.float32), limits)
+    assert len(r["round_p50_ms"]) == 3 and r["round_p50_ms"][1] > 2 * r["round_p50_ms"][0]
+    assert r["round_spread_ms"] == pytest.approx(max(r["round_p50_ms"]) - min(r["round_p50_ms"]))
+    with pytest.raises(ToolkitError, match="rounds >= 1"):
+        RunLimits(rounds=0)
 
 
 def test_min_duration_and_max_duration_cap() -> None:

@@ -79,3 +79,14 @@ def test_a_runner_up_within_the_spread_is_flagged_as_noise() -> None:
     r["latency"][0]["iqr_ms"] = 0.5
     (v,) = ship_verdicts(r, {})
     assert v["within_noise"] is True and "within noise" in v["runner_up"]["why"]
+
+
+def test_the_spread_of_repeated_rounds_also_counts_as_noise() -> None:
+    r = report({"onnx": 4.3, "int8_onnxruntime": 4.0})  # INT8 0.3 ms faster; samples tight, rounds apart
+    r["latency"][0].update(iqr_ms=0.05, round_spread_ms=0.4)
+    r["latency"][1].update(iqr_ms=0.05, round_spread_ms=0.1)
+    (v,) = ship_verdicts(r, {})
+    assert v["within_noise"] is True and "spread of the rounds' p50s 0.40 ms" in v["runner_up"]["why"]
+    r["latency"][0]["round_spread_ms"] = 0.2
+    (v,) = ship_verdicts(r, {})
+    assert v["within_noise"] is False

@@ -8,6 +8,7 @@ model file: DIR/bench/files/<file>.<target>.json).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ from runtime.artifacts import Artifact, artifacts_for, read_run_manifest
 from runtime.atomic import write_json
 from runtime.ceiling import measure_gemm_ceiling
 from runtime.classifier import Classifier, open_classifier
+from runtime.cross_check import cross_check as engine_cross_check
 from runtime.environment import describe_environment
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
 from runtime.latency import RunLimits, offline, pinned_cpus, single_stream
 from runtime.layer_costs import graph_precision
 from runtime.peaks import reconcile_with_ceiling, target_peak
+from runtime.resources import EnergyMeter, energy_per_query, peak_rss_mb, reset_peak_rss, rss_mb
 from runtime.roofline import artifact_costs, roofline
 from runtime.session_settings import describe_settings
 from runtime.targets import TargetProfile, get_target, load_targets
@@ -57,38 +60,54 @@ def bench_artifact(
     progress: Progress | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """SingleStream at batch 1 and Offline at each of the target's batch sizes, threads pinned. With a
-    ``static_batch`` setting each batch size gets its own session compiled for that shape."""
+    """SingleStream at batch 1 and Offline at each of the target's batch sizes, threads pinned (sessions are
+    created pinned too: engines start their thread pools then). With a ``static_batch`` setting each batch
+    size gets its own session compiled for that shape. Load time, memory and energy are recorded."""
     settings = dict(target.session if settings is None else settings)
-    shared = _session(artifact, target, settings)
-    sessions: dict[int, Classifier] = {}
-
-    def session_for(bs: int) -> Classifier:
-        if not settings.get("static_batch"):
-            return shared
-        if bs not in sessions:
-            sessions[bs] = _session(artifact, target, {**settings, "static_batch": bs})
-        return sessions[bs]
-
-    h, w = shared.contract.input_size
-    rng = np.random.default_rng(0)
+    static = bool(settings.get("static_batch"))
     result: dict[str, Any] = {"artifact": artifact.key, "label": artifact.label, "file": artifact.path.name}
     result["bytes"] = artifact.bytes
     result["session"] = settings
+    meter = EnergyMeter()
+    rng = np.random.default_rng(0)
     with pinned_cpus(target.threads) as cpus:
         result["pinned_cpus"] = cpus
-        scenarios = [1, *target.batch_sizes]
-        task = progress.add_task(f"{target.name} {artifact.label}", total=len(scenarios)) if progress else None
+        rss_before = rss_mb()
+        peak_reset = reset_peak_rss()
+        t0 = time.perf_counter()
+        sessions = {1: _session(artifact, target, {**settings, "static_batch": 1} if static else settings)}
+        result["load_s"] = round(time.perf_counter() - t0, 4)
+
+        def session_for(bs: int) -> Classifier:
+            if static and bs not in sessions:
+                sessions[bs] = _session(artifact, target, {**settings, "static_batch": bs})
+            return sessions[bs if static else 1]
+
+        h, w = sessions[1].contract.input_size
+        result["input_size"] = [h, w]
+        task = progress.add_task(f"{target.name} {artifact.label}", total=1 + len(target.batch_sizes)) if (
+            progress) else None  # fmt: skip
 
         def step(i: int) -> Any:
             return (lambda f: progress.update(task, completed=i + f)) if progress else None
 
         sample = rng.standard_normal((1, 3, h, w)).astype(np.float32)
-        result["single_stream"] = single_stream(session_for(1).run, sample, limits, step(0))
+        sessions[1].run(sample)
+        rss_loaded = rss_mb()
+        energy_before = [] if meter.unavailable else meter.read()
+        result["single_stream"] = single_stream(sessions[1].run, sample, limits, step(0))
+        energy_after = [] if meter.unavailable else meter.read()
+        result["energy"] = energy_per_query(meter, energy_before, energy_after, result["single_stream"]["count"])
         result["offline"] = []
         for i, bs in enumerate(target.batch_sizes, start=1):
             batch = rng.standard_normal((bs, 3, h, w)).astype(np.float32)
             result["offline"].append(offline(session_for(bs).run, batch, limits, step(i)))
+    result["memory"] = {
+        "session_mb": None if rss_before is None or rss_loaded is None else round(rss_loaded - rss_before, 1),
+        "peak_rss_mb": peak_rss_mb() if peak_reset else None,
+        "note": "session_mb: resident memory the loaded session added, measured after its first batch-1 inference; "
+        "peak_rss_mb: the bench process's peak while this artifact was loaded and measured",
+    }
     return result
 
 
@@ -117,6 +136,19 @@ def _tuned(tuning: dict[str, Any], artifact: Artifact, console: Console) -> dict
                       "(rerun with --tune)")  # fmt: skip
         return None
     return dict(entry["best"])
+
+
+def _cross_check(artifact: Artifact, target: TargetProfile, limits: RunLimits, entry: dict[str, Any]) -> dict:
+    """The engine's own benchmark tool on the same file, threads pinned alike; ratio ours / theirs."""
+    size = tuple(entry["input_size"])
+    with pinned_cpus(target.threads):
+        result = engine_cross_check(
+            artifact.backend, artifact.path, size, target.threads, max(limits.min_duration_s, 2)
+        )
+    if "p50_ms" in result:
+        result["ours_p50_ms"] = entry["single_stream"]["p50_ms"]
+        result["ours_over_tool"] = round(result["ours_p50_ms"] / result["p50_ms"], 3)
+    return result
 
 
 def _cost_source(artifact: Artifact, run_dir: Path | None) -> Path | None:
@@ -156,6 +188,7 @@ def run_bench(
     console: Console,
     targets_file: Path | None = None,
     tune: bool = False,
+    cross_check: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Bench ``path`` (a run directory or a model file) on each named target; returns results by target.
     ``tune`` first sweeps session settings per artifact (RUN/bench/tuning/<target>.json); a recorded sweep
@@ -202,6 +235,8 @@ def run_bench(
                         costs[source, artifact.precision] = artifact_costs(source, artifact.precision)
                     entry["costs"] = costs[source, artifact.precision]
                 entry["roofline"] = roofline(entry["costs"], entry, peak, artifact.precision, ceiling)
+                if cross_check:
+                    entry["cross_check"] = _cross_check(artifact, profile, limits, entry)
                 ss = entry["single_stream"]
                 console.print(
                     f"{profile.name:<14} {artifact.label:<28} p50 {ss['p50_ms']:.2f} ms  p90 {ss['p90_ms']:.2f} ms  "

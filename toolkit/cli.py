@@ -382,14 +382,22 @@ def bench(
             "optimisation, ...), keep the fastest; recorded in RUN/bench/tuning/ and reused."
         ),
     ] = False,  # fmt: skip
+    cross_check: Annotated[
+        bool,
+        typer.Option(
+            help="Also time each artifact with its engine's own tool (benchmark_app, "
+            "onnxruntime_perf_test, trtexec) and record both figures."
+        ),
+    ] = False,  # fmt: skip
+    rounds: Annotated[int, typer.Option(help="SingleStream rounds; the spread of their p50s is the noise.")] = 3,
 ) -> None:
     """SingleStream latency (p50/p90/p95/p99) and Offline throughput per artifact and target -> RUN/bench/."""
     from runtime.latency import RunLimits
     from toolkit.benching import run_bench
 
-    limits = RunLimits(warmup, min_duration, min_queries, max_duration)
+    limits = RunLimits(warmup, min_duration, min_queries, max_duration, rounds)
     with _locked(path) if path.is_dir() else contextlib.nullcontext():
-        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file, tune)
+        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file, tune, cross_check)
     if path.is_dir():
         from runtime.report import build_report
         from runtime.verdict import describe_verdict

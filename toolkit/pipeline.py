@@ -181,8 +181,8 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
 
     def bench() -> list[Path]:
         b = recipe.bench
-        limits = RunLimits(b.warmup, b.min_duration, b.min_queries, b.max_duration)
-        run_bench(run_dir, list(dict.fromkeys(b.targets)), limits, console)
+        limits = RunLimits(b.warmup, b.min_duration, b.min_queries, b.max_duration, b.rounds)
+        run_bench(run_dir, list(dict.fromkeys(b.targets)), limits, console, tune=b.tune, cross_check=b.cross_check)
         return [run_dir / "bench" / f"{t}.json" for t in b.targets]
 
     pipe.run_step("bench", _digest(pipe.output_digest("export"), r["bench"]), bench)

@@ -87,6 +87,11 @@ class BenchStepConfig(StrictModel):
     min_queries: PositiveInt = 50
     warmup: int = Field(10, ge=0)
     max_duration: float = Field(60.0, gt=0.0)
+    rounds: PositiveInt = Field(3, description="SingleStream rounds; the spread of their p50s is the noise")
+    tune: bool = Field(False, description="sweep session settings first (toolkit bench --tune)")
+    cross_check: bool = Field(
+        False, description="also run each engine's own benchmark tool (toolkit bench --cross-check)"
+    )
 
 
 class Recipe(StrictModel):
