@@ -86,6 +86,12 @@ class TrainConfig(StrictModel):
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="also checkpoint every N optimizer steps inside an epoch (null: at epoch ends only)"
     )
+    checkpoint_min_interval_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="skip an epoch-end checkpoint when the last one is younger than this (the last epoch is always "
+        "saved; a kill then resumes from the older one). 0: every epoch, like timm",
+    )
     progress_every_s: PositiveFloat = Field(
         30.0, description="when stdout is not a terminal: a progress line at least this often during an epoch"
     )
@@ -127,6 +133,11 @@ class DistillConfig(StrictModel):
     method: str = Field(..., description="registered method (toolkit methods)")
     teacher: str | None = Field("conse:efficientnet_lite0+minilm", description="teacher spec (toolkit teachers)")
     teacher_config: str | None = Field(None, description="OpenCLIP model config JSON (random-init teachers)")
+    teacher_backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="what runs the frozen teacher's image encoder on CPU: auto = OpenVINO (else ONNX "
+        "Runtime) when installed, PyTorch on GPU; checked against PyTorch on the first batch",
+    )
     template: str = Field("a photo of a {}.", description="prompt template for the class anchors")
     class_names: list[str] | None = Field(None, description="if given, must equal the dataset's classes, in order")
     prompt_names: bool = Field(True, description="'001.Black_footed_Albatross' -> 'Black footed Albatross' in prompts")

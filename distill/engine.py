@@ -3,8 +3,9 @@ stages 1 and 2, LaViD) optimise an ``Objective`` here, on one process or as one 
 
 Exact resume: every micro-batch is a pure function of (checkpoint, seed, epoch, position): data order from
 ``DistributedSampler(seed).set_epoch``, augmentation and cached crops from per-item seeds, dropout from a
-seed per micro-batch, the learning rate from the optimizer step. A checkpoint (every epoch, and every
-``train.checkpoint_every_steps`` optimizer steps) holds the trainable state, EMA, optimizer, loss scaler and
+seed per micro-batch, the learning rate from the optimizer step. A checkpoint (every epoch, or the first epoch
+end ``train.checkpoint_min_interval_s`` after the last one, and every ``train.checkpoint_every_steps``
+optimizer steps) holds the trainable state, EMA, optimizer, loss scaler and
 the partial epoch sums, so a run killed at any moment and resumed ends with bit-identical weights.
 
 DDP: frozen modules (teachers) are left out of DDP's parameter sync; buffers are not broadcast every step;
@@ -239,6 +240,7 @@ def train(
         f"accumulated, {steps_per_epoch} steps/epoch), device {device}, precision {precision}, "
         f"channels_last {channels_last}"
     )
+    last_saved = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -276,9 +278,16 @@ def train(
             if improved:
                 save_state_dict(ckpt_dir / BEST, loop.eval_net.state_dict(), {"epoch": str(epoch + 1)})
             loop.history.append(row)
-        loop.checkpoint(epoch, None, None)
+        due = epoch == cfg.epochs - 1 or time.perf_counter() - last_saved >= cfg.checkpoint_min_interval_s
+        if ctx.distributed:  # clocks differ: rank 0 decides, or one rank would wait in the checkpoint's barrier
+            box = [due]
+            dist.broadcast_object_list(box, src=0)
+            due = box[0]
+        if due:
+            loop.checkpoint(epoch, None, None)
+            last_saved = time.perf_counter()
         if ctx.is_main:
-            if on_epoch is not None:
+            if on_epoch is not None and due:
                 on_epoch(loop.history)
             terms = " ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
             val = f", val top-1 {row['val_top1']:.4f}" if "val_top1" in row else ""

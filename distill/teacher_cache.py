@@ -91,6 +91,7 @@ class CacheSpec:
     seed: int
     topk: int = 0
     anchors_sha256: str | None = None
+    image_backend: str = "torch"  # engines agree with PyTorch to ~1e-5, not bit for bit: caches stay apart
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -193,6 +194,7 @@ def cache_spec(
         seed=seed,
         topk=topk,
         anchors_sha256=anchors_hash,
+        image_backend=teacher.image_backend,
     )
 
 

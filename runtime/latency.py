@@ -137,6 +137,21 @@ def offline(
     }
 
 
+def offline_from_single_stream(ss: dict[str, Any]) -> dict[str, Any]:
+    """Offline at batch 1 is SingleStream's loop (queries back to back): its throughput, without a rerun."""
+    return {
+        "scenario": "Offline",
+        "batch_size": 1,
+        "images_per_s": round(ss["count"] / ss["seconds"], 3),
+        "batches": ss["count"],
+        "seconds": ss["seconds"],
+        "batch_p50_ms": ss["p50_ms"],
+        "batch_p90_ms": ss["p90_ms"],
+        "hit_max_duration": ss["hit_max_duration"],
+        "derived_from": "SingleStream",
+    }
+
+
 @contextlib.contextmanager
 def pinned_cpus(threads: int | None) -> Iterator[list[int] | None]:
     """Pin this process to its first ``threads`` usable CPUs for the duration (Linux); yields the CPU ids."""

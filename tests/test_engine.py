@@ -88,6 +88,30 @@ def test_accumulation_matches_the_full_batch_step(tmp_path: Path) -> None:
         train(Linear(1), data(), cfg(accumulate=3), tmp_path / "c", 0, CPU, console=quiet())
 
 
+def test_checkpoint_interval_skips_epoch_ends_and_a_kill_resumes_from_the_older_one(tmp_path: Path) -> None:
+    every = train(Linear(3), data(), cfg(), tmp_path / "every", 0, CPU, console=quiet())
+    saved: list[int] = []
+    sparse = cfg(checkpoint_min_interval_s=1e9)
+    result = train(Linear(3), data(), sparse, tmp_path / "sparse", 0, CPU, console=quiet(),
+                   on_epoch=lambda h: saved.append(len(h)))  # fmt: skip
+    assert saved == [3]  # only the last epoch, which is always saved
+    assert json.loads((tmp_path / "sparse" / "last.json").read_text())["epochs_done"] == 3
+
+    def killed_in_epoch_3(net: nn.Module) -> dict[str, float]:
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return {}
+
+    calls: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(Linear(3), data(), sparse, tmp_path / "killed", 0, CPU, console=quiet(), validate=killed_in_epoch_3)
+    assert not (tmp_path / "killed" / "last.json").exists()
+    resumed = train(Linear(3), data(), sparse, tmp_path / "killed", 0, CPU, console=quiet(), resume=True)
+    for k, v in every.weights.items():
+        assert torch.equal(result.weights[k], v) and torch.equal(resumed.weights[k], v), k
+
+
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_channels_last_reaches_the_batches(tmp_path: Path, channels_last: bool) -> None:
     objective = Linear(1)

@@ -425,6 +425,11 @@ def report(
 
 teacher_app = typer.Typer(help="Vision-language teachers: zero-shot top-1, CoOp prompt calibration (PAND PSC).")
 app.add_typer(teacher_app, name="teacher")
+TeacherBackend = Annotated[
+    str,
+    typer.Option(help="What runs the teacher's image encoder: auto (OpenVINO, else ONNX Runtime, on CPU), torch, "
+                 "openvino, onnxruntime."),
+]  # fmt: skip
 TeacherSpec = Annotated[str, typer.Option("--teacher", help="Teacher spec (see `toolkit teachers`).")]
 OpenClipConfig = Annotated[
     Path | None, typer.Option(help="An OpenCLIP model-config JSON to register first (custom architectures).")
@@ -458,12 +463,13 @@ def teacher_zeroshot(
     run: Annotated[
         Path | None, typer.Option(help="Also save the teacher's logits in this run (the report's ladder starts there).")
     ] = None,
+    backend: TeacherBackend = "auto",
 ) -> None:
     """The teacher's zero-shot top-1 on a dataset (template prompts, or calibrated anchors)."""
     from toolkit.teaching import run_zeroshot
 
     with _locked(run) if run is not None else contextlib.nullcontext():
-        r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit, run)
+        r = run_zeroshot(teacher, data, template, anchors, console, openclip_config, limit, run, backend)
     out.print(f"{r['teacher']}: top-1 {r['top1']:.4f} on {r['n']} images of {r['data']} ({r['anchors']})")
 
 
@@ -485,13 +491,14 @@ def teacher_calibrate(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for the few-shot sample, context init and order.")] = 0,
     openclip_config: OpenClipConfig = None,
+    backend: TeacherBackend = "auto",
 ) -> None:
     """PAND stage PSC: learn a shared prompt context on the frozen teacher; save the class anchors F_txt."""
     from distill.teachers.coop import CoOpConfig
     from toolkit.teaching import run_calibrate
 
     config = CoOpConfig(n_ctx=n_ctx, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    r = run_calibrate(teacher, data, eval_data, template, shots, config, out_file, console, openclip_config)
+    r = run_calibrate(teacher, data, eval_data, template, shots, config, out_file, console, openclip_config, backend)
     line = f"{r['teacher']}: CoOp on {r['train_data']['n']} images"
     if r["eval_data"]:
         line += (

@@ -155,7 +155,11 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
     prompts = [prompt_name(n) for n in names] if cfg.prompt_names else names
     lavid = lavid_targets(cfg, names, prompts)
     teacher = (
-        build_teacher(cfg.teacher, Path(cfg.teacher_config) if cfg.teacher_config else None) if cfg.teacher else None
+        build_teacher(
+            cfg.teacher, Path(cfg.teacher_config) if cfg.teacher_config else None, cfg.teacher_backend, str(ctx.device)
+        )
+        if cfg.teacher
+        else None
     )
     if cfg.anchors and teacher is not None:
         load_anchors(cfg.anchors, teacher.spec, names)
@@ -172,6 +176,8 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         update_manifest(
             run_dir, status="distilling", seed=recipe.seed, bad_images=bad, world_size=ctx.world_size,
             method={"name": plan.method.name, "params": plan.params, "stages": plan.stage_names},
+            teacher_image_backend=None if teacher is None else {
+                "backend": teacher.image_backend, "parity_max_abs_diff": getattr(teacher.encode_image, "parity", None)},
             data={"train": {"name": full.name, "fingerprint": full.fingerprint(), "n": len(full), "classes": names},
                   "distill_train": {"n": len(train_set), "shots_per_class": cfg.shots or None,
                                     "fingerprint": train_set.fingerprint()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from distill.students import create_student
 from distill.weights import load_state_dict
 from runtime.artifacts import Artifact, eval_slug
 from runtime.atomic import atomic_path, write_json, write_text
-from runtime.classifier import open_classifier
+from runtime.classifier import contract_batches, open_classifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
@@ -74,12 +75,15 @@ def evaluate_student(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest."""
+    """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest with
+    the hash of the run's student.safetensors it was computed from (so a later eval can reuse it)."""
     logits = predict_logits(model, dataset, contract, batch_size, device)
     report = _write_eval(logits, dataset, contract, run_dir)
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.get(dataset.name, {})
-    entry.update({"top1": report["top1"], "n": report["n"], **report["dataset"]})
+    weights = run_dir / "student.safetensors"
+    entry.update({"top1": report["top1"], "n": report["n"], **report["dataset"],
+                  "student_sha256": sha256_file(weights) if weights.is_file() else None})  # fmt: skip
     evaluations[dataset.name] = entry
     update_manifest(run_dir, evaluations=evaluations)
     return report
@@ -140,13 +144,26 @@ def write_teacher_eval(
     return report
 
 
+PREPARED_LIMIT_BYTES = 1 << 30
+
+
 def evaluate_artifact(
-    artifact: Artifact, dataset: Dataset, run_dir: Path, batch_size: int = 64, threads: int | None = None
-) -> dict[str, Any]:
+    artifact: Artifact, dataset: Dataset, run_dir: Path, batch_size: int = 64, threads: int | None = None,
+    prepared: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """An exported model through its own runtime and preprocessing; agreement with the PyTorch student's
-    predictions on the same images where `toolkit eval` has produced them."""
+    predictions on the same images where `toolkit eval` has produced them. ``prepared``: inputs already
+    decoded and preprocessed, by contract, shared by the artifacts of one evaluation (up to 1 GiB)."""
     session = open_classifier(artifact.path, threads=threads)
-    logits = session.predict(dataset, batch_size)
+    h, w = session.contract.input_size
+    key = session.contract.to_json()
+    if prepared is not None and key not in prepared and len(dataset) * 3 * h * w * 4 <= PREPARED_LIMIT_BYTES:
+        prepared[key] = np.concatenate(list(contract_batches(dataset, session.contract, 256)))
+    if prepared is not None and key in prepared:
+        inputs = prepared[key]
+        logits = np.concatenate([session.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    else:
+        logits = session.predict(dataset, batch_size)
     report = _write_eval(logits, dataset, session.contract, run_dir, f"artifacts/{artifact.key}")
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
@@ -169,11 +186,23 @@ def format_report(report: dict[str, Any], what: str = "student (PyTorch)") -> st
     return "\n".join(lines)
 
 
+def _reusable_student_eval(run: Path, dataset: Dataset) -> dict[str, Any] | None:
+    """The student's saved evaluation on ``dataset`` when it was computed from the current weights."""
+    entry = read_manifest(run).get("evaluations", {}).get(dataset.name, {})
+    folder = run / "eval" / eval_slug(dataset.name)
+    if not entry.get("student_sha256") or entry.get("fingerprint") != dataset.fingerprint():
+        return None
+    if not (folder / "logits.npy").is_file() or entry["student_sha256"] != sha256_file(run / "student.safetensors"):
+        return None
+    return json.loads((folder / "metrics.json").read_text())
+
+
 def evaluate_run(
     run: Path, data: str, keys: list[str], batch_size: int, console: Any,
-    max_pixels: int = 64_000_000, on_bad_image: str = "error", symlinks: str = "refuse",
+    max_pixels: int = 64_000_000, on_bad_image: str = "error", symlinks: str = "refuse", reuse_student: bool = False,
 ) -> list[str]:  # fmt: skip
-    """`toolkit eval`: the student and/or artifacts (``keys``; "all" = every one) on ``data``; one summary each."""
+    """`toolkit eval`: the student and/or artifacts (``keys``; "all" = every one) on ``data``; one summary each.
+    ``reuse_student``: keep the student's evaluation from training when made from the same weights and data."""
     from runtime.artifacts import find_artifact, run_artifacts
     from runtime.sources import align_classes, parse_data_arg
     from toolkit.datacheck import check_dataset
@@ -185,9 +214,15 @@ def evaluate_run(
     dataset = align_classes(parse_data_arg(data, max_pixels, symlinks).open(names), names)
     dataset, _ = check_dataset(dataset, on_bad_image, console)
     lines = []
+    prepared: dict[str, np.ndarray] = {}
     for a in chosen:
         if a is None:
+            saved = _reusable_student_eval(run, dataset) if reuse_student else None
+            if saved is not None:
+                lines.append(format_report(saved).split("\n")[0] + " (computed at training, same weights)")
+                continue
             lines.append(format_report(evaluate_student(model, dataset, contract, run, batch_size)))
         else:
-            lines.append(format_report(evaluate_artifact(a, dataset, run, batch_size), a.label).split("\n")[0])
+            report = evaluate_artifact(a, dataset, run, batch_size, prepared=prepared)
+            lines.append(format_report(report, a.label).split("\n")[0])
     return lines

@@ -170,7 +170,8 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
 
     def evaluate() -> list[Path]:
         for line in evaluate_run(run_dir, test, ["all"], recipe.train.eval_batch_size, console,
-                                 recipe.data.max_pixels, recipe.data.on_bad_image, recipe.data.symlinks):  # fmt: skip
+                                 recipe.data.max_pixels, recipe.data.on_bad_image, recipe.data.symlinks,
+                                 reuse_student=True):  # fmt: skip
             console.print(line.split("\n")[0])
         if recipe.distill is not None and recipe.distill.teacher:
             _teacher_eval(recipe, run_dir, test, console)
@@ -209,7 +210,7 @@ def _teacher_eval(recipe: Recipe, run_dir: Path, test: str, console: Console) ->
     anchors_file = anchors if anchors.is_file() else (Path(cfg.anchors) if cfg.anchors else None)
     config = Path(cfg.teacher_config) if cfg.teacher_config else None
     result = run_zeroshot(cfg.teacher, test, cfg.template, anchors_file, console, config, cfg.teacher_eval_images,
-                          run_dir)  # fmt: skip
+                          run_dir, cfg.teacher_backend)  # fmt: skip
     console.print(f"teacher {result['teacher']} ({result['anchors']}): top-1 {result['top1']:.4f} on {result['n']}")
 
 

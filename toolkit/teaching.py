@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from distill.teachers.base import Teacher
 from distill.teachers.coop import CoOpConfig, calibrate, image_features, load_anchors, save_anchors, top1
+from distill.teachers.image_backend import use_image_backend
 from distill.teachers.registry import create_teacher
 from export.calibration import stratified_sample
 from runtime.atomic import write_json
@@ -49,16 +50,30 @@ def features_with_progress(teacher: Teacher, dataset: Dataset, console: Console,
         return image_features(teacher, dataset, progress=lambda done, _: progress.update(task, completed=done))
 
 
-def build_teacher(spec: str, openclip_config: Path | None) -> Teacher:
-    torch.manual_seed(0)  # random-init teachers (pretrained 'none') are reproducible
-    return create_teacher(spec, **({"config": openclip_config} if openclip_config else {}))
+_LAST_BUILT: dict[tuple[str, str, str, str], Teacher] = {}
+
+
+def build_teacher(spec: str, openclip_config: Path | None, backend: str = "torch", device: str = "cpu") -> Teacher:
+    """The teacher, its image encoder run by ``backend`` (distill/teachers/image_backend.py). A frozen teacher
+    is built once per process: `toolkit run` distils and then evaluates it without loading it twice."""
+    config = ""
+    if openclip_config is not None:
+        config = f"{Path(openclip_config).resolve()}:{Path(openclip_config).stat().st_mtime_ns}"
+    key = (spec, config, backend, str(device))
+    if key not in _LAST_BUILT:
+        _LAST_BUILT.clear()
+        torch.manual_seed(0)  # random-init teachers (pretrained 'none') are reproducible
+        teacher = create_teacher(spec, **({"config": openclip_config} if openclip_config else {}))
+        use_image_backend(teacher, backend, device)
+        _LAST_BUILT[key] = teacher
+    return _LAST_BUILT[key].eval()  # a training stage may have left it in train mode
 
 
 def run_zeroshot(
     spec: str, data: str, template: str, anchors_file: Path | None, console: Console,
-    openclip_config: Path | None = None, limit: int = 0, run_dir: Path | None = None,
+    openclip_config: Path | None = None, limit: int = 0, run_dir: Path | None = None, backend: str = "torch",
 ) -> dict[str, Any]:  # fmt: skip
-    teacher = build_teacher(spec, openclip_config)
+    teacher = build_teacher(spec, openclip_config, backend)
     dataset = open_data(data, console)
     indices = None
     if limit:
@@ -86,10 +101,10 @@ def run_zeroshot(
 
 def run_calibrate(
     spec: str, data: str, eval_data: str | None, template: str, shots: int, config: CoOpConfig, out: Path,
-    console: Console, openclip_config: Path | None = None,
+    console: Console, openclip_config: Path | None = None, backend: str = "torch",
 ) -> dict[str, Any]:  # fmt: skip
     """Zero-shot top-1 -> CoOp on the training images -> top-1 again; anchors + report written atomically."""
-    teacher = build_teacher(spec, openclip_config)
+    teacher = build_teacher(spec, openclip_config, backend)
     train = open_data(data, console, shots, config.seed)
     names = list(train.class_names)
     evaluation = open_data(eval_data, console) if eval_data else None

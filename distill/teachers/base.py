@@ -39,6 +39,7 @@ class Teacher(nn.Module, ABC):
     embed_dim: int
     contract: PreprocessContract
     logit_scale: float
+    image_backend: str = "torch"  # what runs encode_image (distill/teachers/image_backend.py)
 
     @abstractmethod
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
