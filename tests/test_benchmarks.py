@@ -68,3 +68,46 @@ def test_prune_recovery_writes_a_row_per_budget(monkeypatch, capsys, tmp_path) -
     assert len(rows) == 2 and rows[0].split("|")[2].strip() == "1.00"
     kept = float(rows[1].split("|")[2].split()[0])
     assert kept <= 0.5 and rows[1].count("|") == rows[0].count("|")
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_roofline_table_gives_each_form_its_share_of_the_peak(monkeypatch, tmp_path) -> None:
+    out = tmp_path / "roofline.md"
+    argv = ["roofline_table.py", "--students", "mobilenetv2_100", "--size", "32", "--rounds", "1", "--queries", "3",
+            "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    _load("roofline_table").main()
+    rows = [line.strip("| ").split(" | ") for line in out.read_text().splitlines() if line.startswith("| mobilenetv2")]
+    assert [r[1] for r in rows] == ["ONNX Runtime FP32", "ONNX Runtime INT8 U8S8", "OpenVINO FP32",
+                                    "OpenVINO INT8 (NNCF)"]  # fmt: skip
+    for r in rows:
+        macs, p50, rate, pct = float(r[2]), float(r[6]), float(r[7]), r[8]
+        assert rate == pytest.approx(macs / (p50 / 1000), rel=0.01, abs=1)  # GMAC/s = GMAC / p50
+        assert re.fullmatch(r"\d+%", pct), pct  # this CPU is in runtime/peaks.yaml
+        assert re.fullmatch(r"\d+% / \d+%", r[5])  # MobileNetV2 has depthwise layers
+    fp32, int8 = rows[0], rows[1]
+    assert float(int8[3]) < float(fp32[3])  # INT8 moves fewer bytes
+
+
+@pytest.mark.slow
+def test_harness_overhead_compares_with_benchmark_app(monkeypatch, tmp_path) -> None:
+    import shutil
+
+    if not shutil.which("benchmark_app"):
+        pytest.skip("benchmark_app (OpenVINO) not on PATH")
+    out = tmp_path / "harness.md"
+    argv = ["harness_overhead.py", "--size", "16", "--rounds", "1", "--seconds", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    _load("harness_overhead").main()
+    rows = [line.strip("| ").split(" | ") for line in out.read_text().splitlines() if line.startswith("| OpenVINO")]
+    assert len(rows) == 10
+    base = {r[0]: float(r[2]) for r in rows if r[1] == "benchmark_app f32"}
+    for r in rows:
+        assert float(r[3]) == pytest.approx(float(r[2]) / base[r[0]], abs=0.011)

@@ -38,6 +38,22 @@ def test_squash_mode_and_bgr(photo: Image.Image) -> None:
     np.testing.assert_array_equal(a[::-1], b)
 
 
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_table_lookup_normalisation_is_bit_identical_to_the_formula(order: str) -> None:
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (9, 7, 3), dtype=np.uint8) for _ in range(3)]
+    # 9x7 images, shorter side 7: neither resized nor cropped, so only the normalisation acts
+    c = PreprocessContract(input_size=(9, 7), resize_size=7, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4),
+                           channel_order=order)  # fmt: skip
+    expected = []
+    for hwc in images:
+        x = (hwc.astype(np.float32) / 255.0 - np.asarray(c.mean, np.float32)) / np.asarray(c.std, np.float32)
+        expected.append((x[..., ::-1] if order == "BGR" else x).transpose(2, 0, 1))
+    batch = c.batch([Image.fromarray(h) for h in images])
+    assert batch.dtype == np.float32
+    np.testing.assert_array_equal(batch, np.stack(expected))
+
+
 def test_greyscale_and_array_inputs_become_rgb() -> None:
     grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
     c = PreprocessContract(input_size=8, resize_size=8, mean=(0, 0, 0), std=(1, 1, 1))
