@@ -29,12 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_latency import build_variants  # noqa: E402
 
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier  # noqa: E402
-from runtime.cross_check import parse_median_ms  # noqa: E402
+from runtime.cross_check import find_tool, parse_median_ms  # noqa: E402
 from runtime.environment import describe_environment  # noqa: E402
 
 
 def _benchmark_app(xml: Path, size: int, precision: str | None, seconds: int) -> float:
-    cmd = ["benchmark_app", "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
+    tool = find_tool("benchmark_app")
+    if tool is None:
+        raise SystemExit("benchmark_app not found (it ships with the openvino wheel)")
+    cmd = [tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
            "-shape", f"[1,3,{size},{size}]", "-t", str(seconds)]  # fmt: skip
     if precision:
         cmd += ["-infer_precision", precision]

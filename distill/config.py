@@ -83,6 +83,11 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")
+    val_every_epochs: PositiveInt = Field(
+        1,
+        description="validate after every N-th epoch and after the last (Lightning's check_val_every_n_epoch); "
+        "select: best picks among the validated epochs",
+    )
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="also checkpoint every N optimizer steps inside an epoch (null: at epoch ends only)"
     )

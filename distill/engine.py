@@ -267,7 +267,8 @@ def train(
         }  # fmt: skip
         row.update({f"loss_{k}": v / count for k, v in reduced.items()})
         improved = False
-        if ctx.is_main and validate is not None:
+        due_val = (epoch + 1) % cfg.val_every_epochs == 0 or epoch == cfg.epochs - 1
+        if ctx.is_main and validate is not None and due_val:
             row.update(validate(loop.eval_net))
             if "val_top1" in row and (loop.best_top1 is None or row["val_top1"] > loop.best_top1):
                 loop.best_top1, loop.best_epoch, improved = row["val_top1"], epoch + 1, True

@@ -19,7 +19,8 @@ TIMEOUT_S = 300
 _UNITS = {"s": 1000.0, "ms": 1.0, "us": 1e-3}
 
 
-def _tool(name: str) -> str | None:
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, else beside the running Python (a venv used without activating it)."""
     found = shutil.which(name)
     if found:
         return found
@@ -30,7 +31,7 @@ def _tool(name: str) -> str | None:
 
 
 def openvino_command(model: Path, size: tuple[int, int], threads: int | None, seconds: float) -> list[str] | None:
-    tool = _tool("benchmark_app")
+    tool = find_tool("benchmark_app")
     if tool is None:
         return None
     h, w = size
@@ -40,7 +41,7 @@ def openvino_command(model: Path, size: tuple[int, int], threads: int | None, se
 
 
 def onnxruntime_command(model: Path, threads: int | None, seconds: float) -> list[str] | None:
-    tool = _tool("onnxruntime_perf_test")
+    tool = find_tool("onnxruntime_perf_test")
     if tool is None:
         return None
     return [tool, "-e", "cpu", "-m", "duration", "-t", str(max(1, round(seconds))), "-x", str(threads or 0), "-I",
@@ -48,7 +49,7 @@ def onnxruntime_command(model: Path, threads: int | None, seconds: float) -> lis
 
 
 def tensorrt_command(engine: Path, input_name: str, size: tuple[int, int], seconds: float) -> list[str] | None:
-    tool = _tool("trtexec")
+    tool = find_tool("trtexec")
     if tool is None:
         return None
     h, w = size

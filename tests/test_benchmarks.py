@@ -98,9 +98,9 @@ def test_roofline_table_gives_each_form_its_share_of_the_peak(monkeypatch, tmp_p
 
 @pytest.mark.slow
 def test_harness_overhead_compares_with_benchmark_app(monkeypatch, tmp_path) -> None:
-    import shutil
+    from runtime.cross_check import find_tool
 
-    if not shutil.which("benchmark_app"):
+    if find_tool("benchmark_app") is None:
         pytest.skip("benchmark_app (OpenVINO) not on PATH")
     out = tmp_path / "harness.md"
     argv = ["harness_overhead.py", "--size", "16", "--rounds", "1", "--seconds", "1", "--out", str(out)]

@@ -70,6 +70,14 @@ def test_selection_returns_the_chosen_epochs_weights(tmp_path: Path, select: str
     assert [r["val_top1"] for r in result.history] == [0.5, 0.9, 0.1]
 
 
+def test_validation_every_n_epochs_and_the_last(tmp_path: Path) -> None:
+    scores = iter([0.9, 0.5])
+    result = train(Linear(3), data(), cfg(val_every_epochs=2, select="best"), tmp_path, 0, CPU, console=quiet(),
+                   validate=lambda net: {"val_top1": next(scores)})  # fmt: skip
+    assert [r.get("val_top1") for r in result.history] == [None, 0.9, 0.5]
+    assert result.selected_epoch == result.best_epoch == 2
+
+
 def test_rows_record_the_learning_rate_each_epoch_starts_and_ends_with(tmp_path: Path) -> None:
     # The report's training table showed 0 for PSC: the last scheduled value of a cosine that ends at 0.
     result = train(Linear(3), data(), cfg(), tmp_path, 0, CPU, console=quiet())
