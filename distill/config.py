@@ -27,14 +27,34 @@ class OptimizerConfig(StrictModel):
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
+    decay_all: bool = Field(
+        False,
+        description="weight decay on every parameter, biases and normalisation layers too (the released code of "
+        "PAND, VL2Lite and LaViD); false skips them (timm's convention)",
+    )
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "multistep", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0.0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor as a fraction of lr")
     step_epochs: PositiveInt = Field(30, description="step schedule: decay every N epochs")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step schedule: decay factor")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step and multistep schedules: decay factor")
+    milestones: list[PositiveInt] = Field(
+        default_factory=list,
+        description="multistep schedule: multiply by gamma at the start of each of these epochs (torch's "
+        "MultiStepLR; LaViD: [150, 180, 210])",
+    )
+
+    @model_validator(mode="after")
+    def _milestones(self) -> ScheduleConfig:
+        if self.name == "multistep" and not self.milestones:
+            raise ValueError("schedule multistep needs milestones, e.g. milestones: [150, 180, 210]")
+        if self.milestones and self.name != "multistep":
+            raise ValueError(f"milestones {self.milestones} are used only by schedule multistep, not {self.name!r}")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"milestones {self.milestones} must increase strictly")
+        return self
 
 
 class EmaConfig(StrictModel):

@@ -197,7 +197,8 @@ class BaseLossObjective(Objective):
         if self.nsd_mode is not None:
             cos = F.normalize(v, dim=-1) @ self.anchors.T
             if self.nsd_mode == "sample_neighbors":
-                values["nsd"] = nsd_sample_neighbors(float(p["nsd_scale"]) * cos, logits, int(p["nsd_k"]))
+                group = None if p.get("nsd_group") is None else int(p["nsd_group"])
+                values["nsd"] = nsd_sample_neighbors(float(p["nsd_scale"]) * cos, logits, int(p["nsd_k"]), group)
             else:
                 values["nsd"] = nsd_class_margin(cos, logits, y, int(p["nsd_k"]), float(p["nsd_scale"]),
                                                  float(p["nsd_tau"]))  # fmt: skip

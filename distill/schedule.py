@@ -11,7 +11,7 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int)
     """Multiplier on the base learning rate at optimizer step ``step`` (0-based).
 
     Linear warm-up over ``warmup_epochs``, then cosine to ``min_lr_ratio`` at the end of training,
-    step decay by ``gamma`` every ``step_epochs`` epochs, or constant.
+    step decay by ``gamma`` every ``step_epochs`` epochs or at each of ``milestones``, or constant.
     """
     warmup_steps = cfg.warmup_epochs * steps_per_epoch
     if step < warmup_steps:
@@ -23,4 +23,6 @@ def lr_factor(cfg: ScheduleConfig, step: int, steps_per_epoch: int, epochs: int)
         return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.name == "step":
         return cfg.gamma ** math.floor(epoch / cfg.step_epochs)
+    if cfg.name == "multistep":
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
     return 1.0

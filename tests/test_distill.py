@@ -118,6 +118,8 @@ def test_a_later_run_reuses_the_cache_and_a_trained_intermediate_teacher(workspa
         ({"teacher": "openclp:ViT-B-32/openai"}, "distill.teacher: unknown teacher"),
         ({"params": {"nsd_lamda": 0.5}}, 'distill.params.nsd_lamda: not a hyperparameter of \'pand\'.'),
         ({"params": {"nsd_k": 2.5}}, "distill.params.nsd_k: expected a whole number"),
+        ({"params": {"nsd_group": 0}}, "distill.params.nsd_group: expected a whole number >= 1 or null"),
+        ({"params": {"nsd_group": 8.5}}, "distill.params.nsd_group: expected a whole number >= 1 or null"),
         ({"params": {"nsd_mode": "margin"}}, "distill.params.nsd_mode: 'margin' is not one of"),
         ({"stages": [{"name": "student"}, {"name": "psc"}]}, "order ['student', 'psc'] is inconsistent"),
         ({"stages": [{"name": "student"}]}, "stage 'student' needs the output of stage 'psc'"),
@@ -175,20 +177,24 @@ def test_methods_command_lists_every_method_and_describes_stages() -> None:
     assert isinstance(res.exception, ToolkitError) and "Did you mean" in str(res.exception)
 
 
-def test_base_objective_is_the_base_loss_plus_weighted_nsd() -> None:
+@pytest.mark.parametrize("group", [None, 4])
+def test_base_objective_is_the_base_loss_plus_weighted_nsd(group: int | None) -> None:
     torch.manual_seed(0)
     net = create_student("resnet18", 5)
     anchors = torch.nn.functional.normalize(torch.randn(5, 12), dim=-1)
-    params = {**get_method("pand").params, "nsd_lambda": 0.5}
+    params = {**get_method("pand").params, "nsd_lambda": 0.5, "nsd_group": group}
     terms = get_method("pand").stage("student").losses
     obj = BaseLossObjective(net, 10, terms, params, anchors).eval()
-    x, y, emb = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0]), torch.randn(6, 12)
+    x, y, emb = torch.randn(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]), torch.randn(8, 12)
     out = obj(x, y, emb, 4)
     _, pooled, logits = split_forward(net, x)
     base = vl2lite_loss(pooled, logits, y, emb, anchors, obj.phi_image(emb), obj.phi_text(anchors), 4 / 80,
                         reduction="pand")  # fmt: skip
-    nsd = nsd_sample_neighbors(params["nsd_scale"] * torch.nn.functional.normalize(emb, dim=-1) @ anchors.T, logits)
+    cos = torch.nn.functional.normalize(emb, dim=-1) @ anchors.T
+    nsd = nsd_sample_neighbors(params["nsd_scale"] * cos, logits, group=group)
     torch.testing.assert_close(out.total, base.total + 0.5 * nsd)
+    if group is not None:  # the grouping reaches the loss: the whole-batch NSD is another value
+        assert not torch.allclose(nsd, nsd_sample_neighbors(params["nsd_scale"] * cos, logits))
 
 
 def test_dait_student_keeps_the_intermediate_teacher_frozen() -> None:

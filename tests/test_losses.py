@@ -150,6 +150,23 @@ def test_nsd_sample_neighbors_by_hand() -> None:
         nsd_sample_neighbors(torch.zeros(3, 2), torch.zeros(3, 2), k=3)
 
 
+def test_nsd_groups_pick_neighbours_within_each_devices_share() -> None:
+    # PAND's code: neighbours within each GPU's 32 of the 128. Rows 0,1 | 2,3 as two "devices": row 0's nearest
+    # in the whole batch is row 2 ([1.9, 0.2]), but within its group it can only be row 1.
+    z_t = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.9, 0.2], [0.1, 2.0]])
+    z_s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [2.0, 1.0]])
+    expected = 0.0
+    for i, j in {0: 1, 1: 0, 2: 3, 3: 2}.items():
+        expected += js(softmax((z_t[i] - z_t[j]).tolist()), softmax((z_s[i] - z_s[j]).tolist())) / 4
+    grouped = nsd_sample_neighbors(z_t, z_s, k=1, group=2)
+    assert grouped.item() == pytest.approx(expected, rel=1e-5)
+    halves = (nsd_sample_neighbors(z_t[:2], z_s[:2], k=1) + nsd_sample_neighbors(z_t[2:], z_s[2:], k=1)) / 2
+    assert grouped.item() == pytest.approx(halves.item(), rel=1e-6)
+    assert nsd_sample_neighbors(z_t, z_s, k=1).item() != pytest.approx(expected, rel=1e-3)  # the whole batch differs
+    with pytest.raises(ValueError, match="the last has 1"):
+        nsd_sample_neighbors(z_t, z_s, k=1, group=3)
+
+
 def test_nsd_class_margin_by_hand() -> None:
     z_t, z_s = [[5.0, 3.0, 2.0, 1.0]], [[0.0, 1.0, 4.0, 2.0]]
     # label 0: the teacher's top-2 non-GT classes are 1 and 2

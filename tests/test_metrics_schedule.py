@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from distill.config import ScheduleConfig
 from distill.schedule import lr_factor
@@ -39,3 +40,47 @@ def test_step_and_constant_by_hand() -> None:
     step = ScheduleConfig(name="step", step_epochs=2, gamma=0.5)
     assert [lr_factor(step, s, 10, 6) for s in (0, 19, 20, 45)] == pytest.approx([1.0, 1.0, 0.5, 0.25])
     assert lr_factor(ScheduleConfig(name="constant"), 123, 10, 6) == 1.0
+
+
+def test_multistep_by_hand_and_like_torch_multisteplr() -> None:
+    # LaViD's schedule: divide by 10 at epochs 150, 180 and 210 (here 3, 5, 6 with 4 steps per epoch)
+    cfg = ScheduleConfig(name="multistep", milestones=[3, 5, 6], gamma=0.1)
+    by_epoch = [lr_factor(cfg, e * 4, 4, 8) for e in range(8)]
+    assert by_epoch == pytest.approx([1, 1, 1, 0.1, 0.1, 0.01, 0.001, 0.001])
+    assert lr_factor(cfg, 3 * 4 - 1, 4, 8) == 1.0  # the last step of epoch index 2 is still undecayed
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3, 5, 6], gamma=0.1)
+    torch_lrs = []
+    for _ in range(8):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert by_epoch == pytest.approx(torch_lrs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "multistep"}, "needs milestones"),
+        ({"name": "cosine", "milestones": [3]}, "used only by schedule multistep"),
+        ({"name": "multistep", "milestones": [5, 3]}, "must increase strictly"),
+    ],
+)
+def test_bad_milestones_are_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig(**kwargs)
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_decay_all_puts_biases_and_norms_under_weight_decay(decay_all: bool) -> None:
+    from distill.config import OptimizerConfig
+    from distill.optim import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(model, OptimizerConfig(weight_decay=0.01, decay_all=decay_all))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.01 for p in g["params"]}
+    conv_w, conv_b, bn_w, bn_b, fc_w, fc_b = model.parameters()
+    assert {id(conv_w), id(fc_w)} <= decayed
+    assert all((id(p) in decayed) == decay_all for p in (conv_b, bn_w, bn_b, fc_b))
+    assert sum(len(g["params"]) for g in opt.param_groups) == 6

@@ -14,17 +14,27 @@ import torch.nn.functional as F
 from distill.losses.kd import js_rows
 
 
-def nsd_sample_neighbors(teacher_logits: torch.Tensor, student_logits: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """(1 / (B K)) sum_i sum_{j in N_i} JS(softmax(z_T[i] - z_T[j]), softmax(z_S[i] - z_S[j]))."""
+def nsd_sample_neighbors(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, k: int = 3, group: int | None = None
+) -> torch.Tensor:
+    """(1 / (B K)) sum_i sum_{j in N_i} JS(softmax(z_T[i] - z_T[j]), softmax(z_S[i] - z_S[j])).
+
+    ``group``: neighbours only within consecutive blocks of that many samples, as the released code picks them
+    within each GPU's share of the batch (32 of 128); None: the whole batch."""
     b = teacher_logits.shape[0]
-    if b <= k:
-        raise ValueError(f"sample-neighbour NSD needs a batch larger than K={k}, got {b} (use drop_last)")
+    smallest = b if group is None else min(group, b % group or group)
+    if smallest <= k:
+        where = "a batch" if group is None else f"every nsd_group of {group} (the last has {smallest}; batch {b})"
+        raise ValueError(f"sample-neighbour NSD needs {where} larger than K={k}, got {smallest} (use drop_last)")
     z_t, z_s = teacher_logits.float(), student_logits.float()
     with torch.no_grad():
         sim = F.normalize(z_t, dim=-1) @ F.normalize(z_t, dim=-1).T
         # The released code sorts and drops the first column, assumed to be self; masking the diagonal is the same
         # except when another row is an exact duplicate.
         sim.fill_diagonal_(float("-inf"))
+        if group is not None:
+            block = torch.arange(b, device=sim.device) // group
+            sim.masked_fill_(block[:, None] != block[None, :], float("-inf"))
         neighbours = sim.topk(k, dim=-1).indices  # (B, K)
     r_t = z_t.unsqueeze(1) - z_t[neighbours]  # (B, K, C)
     r_s = z_s.unsqueeze(1) - z_s[neighbours]

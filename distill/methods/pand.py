@@ -23,6 +23,6 @@ register_method(
             ),
         ),
         {**BASE_PARAMS, "reduction": "pand", "nsd_mode": "sample_neighbors", "nsd_lambda": 1.0, "nsd_k": 3,
-         "nsd_scale": round(LOGIT_SCALE, 6), "nsd_tau": 2.0, **PSC_PARAMS},
+         "nsd_scale": round(LOGIT_SCALE, 6), "nsd_tau": 2.0, "nsd_group": None, **PSC_PARAMS},
     )
 )  # fmt: skip

@@ -15,6 +15,7 @@ from runtime.errors import ToolkitError, did_you_mean
 # What a recipe may give instead of running the stage that would produce it.
 SUPPLIED_BY = {"anchors": "distill.anchors", "intermediate_teacher": "distill.intermediate_teacher"}
 CHOICES = {"reduction": ("vl2lite", "pand"), "nsd_mode": ("sample_neighbors", "class_margin")}
+WHOLE_POSITIVE = {"nsd_group"}  # null (the default) or a count
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ def _params(method: Method, overrides: dict[str, Any]) -> dict[str, Any]:
             if isinstance(default, int) and not float(value).is_integer():
                 raise ToolkitError(f"distill.params.{key}: expected a whole number, got {value!r}")
             value = int(value) if isinstance(default, int) else float(value)
+        if key in WHOLE_POSITIVE and value is not None and (value < 1 or not float(value).is_integer()):
+            raise ToolkitError(f"distill.params.{key}: expected a whole number >= 1 or null, got {value!r}")
+        if key in WHOLE_POSITIVE and value is not None:
+            value = int(value)
         if isinstance(default, str) and not isinstance(value, str):
             raise ToolkitError(f"distill.params.{key}: expected a string, got {value!r}")
         params[key] = value
