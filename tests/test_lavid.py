@@ -57,6 +57,20 @@ def test_shipped_fashion_mnist_set_is_valid() -> None:
                        "Ankle boot"])  # fmt: skip
 
 
+def test_placeholder_as_the_reference_code_fills_it() -> None:
+    # Ours: "the class" -> the name. LaViD's code: every substring "class", then its dataset's extra phrase.
+    questions = [{"question": "Which subclass of the class is the object?", "options": ["a", "b"]}]
+    ours = validate(mcq_dict(questions=[{"question": "Is the class big?", "options": ["a", "b"]}]), "s.yaml")
+    assert ours.questions[0].filled("red", ours.placeholder) == "Is red big?"
+    ref = validate(mcq_dict(questions=questions, placeholder=["class", "the object"]), "s.yaml")
+    assert ref.questions[0].filled("red", ref.placeholder) == "Which subred of the red is red?"
+    assert ref.to_dict()["placeholder"] == ["class", "the object"] and ours.to_dict()["placeholder"] == "the class"
+    with pytest.raises(ToolkitError, match="placeholder must be a non-empty string or a list"):
+        validate(mcq_dict(placeholder=[]), "s.yaml")
+    with pytest.raises(ToolkitError, match="does not contain the placeholder"):
+        validate(mcq_dict(questions=[{"question": "Is it big?", "options": ["a", "b"]}], placeholder=["class"]), "s")
+
+
 @pytest.mark.parametrize(
     ("questions", "message"),
     [

@@ -70,3 +70,12 @@ def test_weights_loading_refuses_pickled_objects(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(ToolkitError, match="not a readable safetensors"):
         load_state_dict(tmp_path / "bad.safetensors")
+
+
+def test_a_timm_weights_tag_names_the_papers_torchvision_resnet18() -> None:
+    # Issue 15 C: the papers' ResNet-18 starts from torchvision's ImageNet weights: timm's resnet18.tv_in1k,
+    # the same architecture as the registered resnet18 (pretrained: true downloads them; no hub here).
+    spec = get_student("resnet18.tv_in1k")
+    assert spec.timm_name == "resnet18.tv_in1k"
+    ours, tv = create_student("resnet18", 7).state_dict(), create_student("resnet18.tv_in1k", 7).state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in tv.items()}

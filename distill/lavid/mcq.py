@@ -3,7 +3,9 @@
     format: edge-distill-mcq/1
     dataset: fashion_mnist
     description: greyscale 28x28 photos of clothing items
-    placeholder: the class          # every question contains it; it is replaced by a class name
+    placeholder: the class          # every question contains it; it is replaced by a class name. LaViD's
+                                    # code: [class, the object] (every substring "class", then its dataset's
+                                    # extra phrase: "the object", "the animal", "the breed", "the car")
     class_names: [T-shirt/top, Trouser, ...]
     questions:
       - question: How long are the sleeves of the class?
@@ -36,8 +38,12 @@ class Question:
     question: str
     options: tuple[str, ...]
 
-    def filled(self, class_name: str, placeholder: str) -> str:
-        return self.question.replace(placeholder, class_name)
+    def filled(self, class_name: str, placeholder: str | tuple[str, ...]) -> str:
+        """Every occurrence of the placeholder (or of each, in order) replaced by ``class_name``."""
+        text = self.question
+        for p in (placeholder,) if isinstance(placeholder, str) else placeholder:
+            text = text.replace(p, class_name)
+        return text
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class MCQSet:
     description: str
     class_names: tuple[str, ...]
     questions: tuple[Question, ...]
-    placeholder: str = DEFAULT_PLACEHOLDER
+    placeholder: str | tuple[str, ...] = DEFAULT_PLACEHOLDER
     source: str = field(default="", compare=False)
 
     @property
@@ -58,7 +64,7 @@ class MCQSet:
             "format": FORMAT,
             "dataset": self.dataset,
             "description": self.description,
-            "placeholder": self.placeholder,
+            "placeholder": self.placeholder if isinstance(self.placeholder, str) else list(self.placeholder),
             "class_names": list(self.class_names),
             "questions": [{"question": q.question, "options": list(q.options)} for q in self.questions],
         }
@@ -97,7 +103,16 @@ def validate(data: Any, source: str) -> MCQSet:
         raise ToolkitError(f"{source}: class_names must be a list of at least 2 non-empty strings")
     if len(set(names)) != len(names):
         raise ToolkitError(f"{source}: class_names has duplicates")
-    placeholder = str(data.get("placeholder", DEFAULT_PLACEHOLDER))
+    raw_placeholder = data.get("placeholder", DEFAULT_PLACEHOLDER)
+    placeholder: str | tuple[str, ...]
+    if isinstance(raw_placeholder, str) and raw_placeholder:
+        placeholder, choices = raw_placeholder, (raw_placeholder,)
+    elif isinstance(raw_placeholder, list) and raw_placeholder and all(isinstance(p, str) and p
+                                                                       for p in raw_placeholder):  # fmt: skip
+        placeholder = choices = tuple(raw_placeholder)
+    else:
+        raise ToolkitError(f"{source}: placeholder must be a non-empty string or a list of them, got "
+                           f"{raw_placeholder!r}")  # fmt: skip
     raw = data.get("questions")
     if not isinstance(raw, list) or not raw:
         raise ToolkitError(f"{source}: questions must be a non-empty list")
@@ -107,7 +122,7 @@ def validate(data: Any, source: str) -> MCQSet:
         if not isinstance(q, dict) or set(q) != {"question", "options"}:
             raise ToolkitError(f"{where}: must have exactly the keys question and options")
         text, options = q["question"], q["options"]
-        if not isinstance(text, str) or placeholder not in text:
+        if not isinstance(text, str) or not any(p in text for p in choices):
             raise ToolkitError(f"{where}: {text!r} does not contain the placeholder {placeholder!r}")
         if text in seen:
             raise ToolkitError(f"{where}: repeats an earlier question ({text!r})")
