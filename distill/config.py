@@ -103,6 +103,9 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")
+    select_metric: Literal["val_top1", "val_loss"] = Field(
+        "val_top1", description="what select: best compares: highest val top-1, or lowest val loss (LaViD's code)"
+    )
     val_every_epochs: PositiveInt = Field(
         1,
         description="validate after every N-th epoch and after the last (Lightning's check_val_every_n_epoch); "

@@ -126,8 +126,9 @@ class _Loop:
     seed: int
     precision: str
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_top1: float | None = None
+    best_top1: float | None = None  # val top-1 of the best epoch
     best_epoch: int | None = None
+    best_score: float | None = None  # train.select_metric, higher is better (a loss is negated)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -151,6 +152,7 @@ class _Loop:
                 dist.all_gather_object(per_rank, sums)
         if self.ctx.is_main:
             state = {"history": self.history, "best_val_top1": self.best_top1, "best_epoch": self.best_epoch,
+                     "best_score": self.best_score,
                      "seed": self.seed, "epochs_done": epoch + 1 if steps_done is None else epoch,
                      "steps_done": steps_done or 0, "partial_sums": per_rank,
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None}  # fmt: skip
@@ -226,6 +228,7 @@ def train(
     if resume and (ckpt_dir / f"{LAST}.json").is_file():
         state = load_checkpoint(ckpt_dir, LAST, _Trainable(objective), optimizer, ema.module if ema else None)
         loop.history, loop.best_top1, loop.best_epoch = state["history"], state["best_val_top1"], state["best_epoch"]
+        loop.best_score = state.get("best_score", loop.best_top1)  # checkpoints before select_metric: top-1
         start_epoch, start_step = state["epochs_done"], state["steps_done"]
         partial = state["partial_sums"][ctx.rank] if state["partial_sums"] else None
         if scaler is not None and state.get("scaler"):
@@ -270,8 +273,12 @@ def train(
         due_val = (epoch + 1) % cfg.val_every_epochs == 0 or epoch == cfg.epochs - 1
         if ctx.is_main and validate is not None and due_val:
             row.update(validate(loop.eval_net))
-            if "val_top1" in row and (loop.best_top1 is None or row["val_top1"] > loop.best_top1):
-                loop.best_top1, loop.best_epoch, improved = row["val_top1"], epoch + 1, True
+            metric = cfg.select_metric
+            if metric in row:
+                score = row[metric] if metric == "val_top1" else -row[metric]
+                if loop.best_score is None or score > loop.best_score:
+                    loop.best_score, loop.best_top1, loop.best_epoch = score, row.get("val_top1"), epoch + 1
+                    improved = True
         row["time_s"] = round(time.perf_counter() - t0, 3)
         row["train_images"] = int(count)
         row["train_images_per_s"] = round(count / train_time, 1)

@@ -78,6 +78,14 @@ def test_validation_every_n_epochs_and_the_last(tmp_path: Path) -> None:
     assert result.selected_epoch == result.best_epoch == 2
 
 
+def test_select_by_lowest_validation_loss(tmp_path: Path) -> None:
+    rows = iter([{"val_top1": 0.5, "val_loss": 1.0}, {"val_top1": 0.9, "val_loss": 2.0},
+                 {"val_top1": 0.1, "val_loss": 0.5}])  # fmt: skip
+    result = train(Linear(3), data(), cfg(select_metric="val_loss"), tmp_path, 0, CPU, console=quiet(),
+                   validate=lambda net: next(rows))  # fmt: skip
+    assert result.selected_epoch == result.best_epoch == 3 and result.best_val_top1 == 0.1
+
+
 def test_rows_record_the_learning_rate_each_epoch_starts_and_ends_with(tmp_path: Path) -> None:
     # The report's training table showed 0 for PSC: the last scheduled value of a cosine that ends at 0.
     result = train(Linear(3), data(), cfg(), tmp_path, 0, CPU, console=quiet())
