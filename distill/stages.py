@@ -242,18 +242,23 @@ def _run_psc(env: StageEnv, planned: PlannedStage, folder: Path, on_epoch):
                 logits = teacher.zero_shot_logits(val_feats, anchors).float().cpu().numpy()
             return val_metrics(logits, labels)
 
-    result = _engine(env, "psc", objective, cached_embeddings(cache, env.train_set.labels), cfg, folder, validate,
-                     on_epoch)  # fmt: skip
+    if p["coop_features"] == "eval":
+        data: torch.utils.data.Dataset = FeatureDataset(image_features(teacher, env.train_set).cpu(),
+                                                        env.train_set.labels)  # fmt: skip
+    else:
+        data = cached_embeddings(cache, env.train_set.labels)
+    result = _engine(env, "psc", objective, data, cfg, folder, validate, on_epoch)
     with torch.no_grad():
         anchors = objective.anchors().detach().cpu()
     out = env.run_dir / "anchors.safetensors"
+    features = "eval features" if p["coop_features"] == "eval" else "cached crops"
     if env.ctx.is_main:
         provenance = {"teacher": teacher.spec, "template": env.template, "class_names": env.names,
                       "train_data": {"name": env.train_set.name, "n": len(env.train_set),
                                      "fingerprint": env.train_set.fingerprint()},
                       "coop": {"n_ctx": int(p["coop_n_ctx"]), "epochs": cfg.epochs, "lr": cfg.optimizer.lr,
-                               "batch_size": cfg.batch_size, "seed": env.seed},
-                      "source": "toolkit distill stage psc (cached crops)"}  # fmt: skip
+                               "batch_size": cfg.batch_size, "seed": env.seed, "features": p["coop_features"]},
+                      "source": f"toolkit distill stage psc ({features})"}  # fmt: skip
         save_anchors(out, anchors, provenance, context.context.detach().cpu())
     env.ctx.barrier()
     env.anchors = load_state_dict(out)["anchors"]  # every rank: the file's (normalised) anchors

@@ -98,6 +98,22 @@ def test_every_method_runs_end_to_end(workspace, tmp_path: Path, method: str) ->
     assert runner.invoke(app, ["eval", str(out), "--data", str(workspace["test"])]).exit_code == 0
 
 
+def test_psc_on_eval_features_as_pands_code(workspace, tmp_path: Path) -> None:
+    from distill.teachers.coop import load_anchors
+
+    runs = {}
+    for features in ("crops", "eval"):
+        params = {"coop_epochs": 2, "coop_n_ctx": 2, "coop_features": features}
+        recipe = distill_recipe(workspace, tmp_path / f"{features}.yaml", "pand", params=params,
+                                stages=[{"name": "psc"}, {"name": "student", "epochs": 1}])  # fmt: skip
+        res = runner.invoke(app, ["distill", str(recipe), "--out", str(tmp_path / features)])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+        runs[features] = load_anchors(tmp_path / features / "anchors.safetensors")
+    assert runs["eval"][1]["coop"]["features"] == "eval" and "eval features" in runs["eval"][1]["source"]
+    assert runs["crops"][1]["coop"]["features"] == "crops"
+    assert not torch.allclose(runs["eval"][0], runs["crops"][0])  # other training data, other prompt
+
+
 def test_a_later_run_reuses_the_cache_and_a_trained_intermediate_teacher(workspace, tmp_path: Path) -> None:
     first = tmp_path / "first"
     recipe = distill_recipe(workspace, tmp_path / "a.yaml", "dait_f", params=_params_for("dait_f"))
@@ -121,6 +137,7 @@ def test_a_later_run_reuses_the_cache_and_a_trained_intermediate_teacher(workspa
         ({"params": {"nsd_group": 0}}, "distill.params.nsd_group: expected a whole number >= 1 or null"),
         ({"params": {"nsd_group": 8.5}}, "distill.params.nsd_group: expected a whole number >= 1 or null"),
         ({"params": {"nsd_mode": "margin"}}, "distill.params.nsd_mode: 'margin' is not one of"),
+        ({"params": {"coop_features": "val"}}, "distill.params.coop_features: 'val' is not one of"),
         ({"stages": [{"name": "student"}, {"name": "psc"}]}, "order ['student', 'psc'] is inconsistent"),
         ({"stages": [{"name": "student"}]}, "stage 'student' needs the output of stage 'psc'"),
         ({"stages": [{"name": "psk"}, {"name": "student"}]}, "distill.stages[0].name: 'pand' has no stage 'psk'"),

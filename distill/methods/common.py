@@ -42,4 +42,6 @@ PSC_STAGE = Stage(
     (COOP_TERM,),
     prompt_learning, produces="anchors",
 )  # fmt: skip
-PSC_PARAMS = {"coop_n_ctx": 16, "coop_epochs": 50, "coop_lr": 0.002, "coop_batch_size": 32}
+# coop_features: "crops" trains on the teacher cache's augmented crops (one per image per epoch, the crops the
+# student stage replays); "eval" on one eval-preprocessed feature per image, as PAND's released code does
+PSC_PARAMS = {"coop_n_ctx": 16, "coop_epochs": 50, "coop_lr": 0.002, "coop_batch_size": 32, "coop_features": "crops"}

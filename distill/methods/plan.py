@@ -14,7 +14,8 @@ from runtime.errors import ToolkitError, did_you_mean
 
 # What a recipe may give instead of running the stage that would produce it.
 SUPPLIED_BY = {"anchors": "distill.anchors", "intermediate_teacher": "distill.intermediate_teacher"}
-CHOICES = {"reduction": ("vl2lite", "pand"), "nsd_mode": ("sample_neighbors", "class_margin")}
+CHOICES = {"reduction": ("vl2lite", "pand"), "nsd_mode": ("sample_neighbors", "class_margin"),
+           "coop_features": ("crops", "eval")}  # fmt: skip
 WHOLE_POSITIVE = {"nsd_group"}  # null (the default) or a count
 
 
