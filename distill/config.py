@@ -72,12 +72,22 @@ class AugmentConfig(StrictModel):
     pad_crop: int = Field(0, ge=0, description="pad by N pixels then random-crop back (CIFAR style)")
     hflip: float = Field(0.5, ge=0.0, le=1.0)
     color_jitter: float = Field(0.0, ge=0.0, le=1.0)
+    pipeline: Literal["standard", "vl2lite"] = Field(
+        "standard",
+        description="standard: the keys above; vl2lite: the papers' released pipeline (resize, crop, square crop, "
+        "rotation 60, blur, jitter, flip with probability hflip; distill/vl2lite_augment.py)",
+    )
 
     @model_validator(mode="after")
     def _scale_range(self) -> AugmentConfig:
         rrc = self.random_resized_crop
         if rrc is not None and not 0.0 < rrc[0] <= rrc[1] <= 1.0:
             raise ValueError(f"random_resized_crop scale {list(rrc)} must satisfy 0 < min <= max <= 1")
+        if self.pipeline == "vl2lite":
+            unused = [k for k in ("random_resized_crop", "pad_crop", "color_jitter") if getattr(self, k)]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: not used by pipeline vl2lite (it has its own crops and "
+                                 "jitter); remove them")  # fmt: skip
         return self
 
 

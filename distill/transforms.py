@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distill import vl2lite_augment
 from distill.config import AugmentConfig
+from runtime.errors import ToolkitError
 from runtime.preprocess import INTERPOLATIONS, PreprocessContract
 
 
@@ -54,7 +56,8 @@ def random_resized_crop_box(
 
 
 class TrainTransform:
-    """Random-resized-crop (or the contract's resize/crop), pad-and-crop, flip, colour jitter, normalise."""
+    """Random-resized-crop (or the contract's resize/crop), pad-and-crop, flip, colour jitter, normalise; or
+    the VL2Lite pipeline (``augment.pipeline: vl2lite``)."""
 
     def __init__(self, contract: PreprocessContract, augment: AugmentConfig) -> None:
         self.contract = contract
@@ -65,6 +68,12 @@ class TrainTransform:
         if image.mode != "RGB":
             image = image.convert("RGB")
         h_out, w_out = c.input_size
+        if a.pipeline == "vl2lite":
+            if h_out != w_out:
+                raise ToolkitError(f"augment.pipeline vl2lite needs a square input size, got {c.input_size}")
+            params = vl2lite_augment.draw(c.resize_size, h_out, rng, a.hflip)
+            out = vl2lite_augment.apply(image, params, c.resize_size, h_out)
+            return torch.from_numpy(c.normalize(np.asarray(out)))
         if a.random_resized_crop is not None:
             left, top, w, h = random_resized_crop_box(image.width, image.height, a.random_resized_crop, rng)
             image = image.resize((w_out, h_out), INTERPOLATIONS[c.interpolation], box=(left, top, left + w, top + h))
