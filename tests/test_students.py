@@ -25,7 +25,7 @@ def test_every_registered_student_builds_and_runs(name: str) -> None:
 
 def test_registry_query_api() -> None:
     assert {"resnet18", "mobilenetv2_100", "efficientnet_lite0"} <= set(list_students())
-    assert list_students("mobile*") == ["mobilenetv2_100"]
+    assert list_students("mobile*") == ["mobilenetv2_100", "mobilenetv2_100_tv"]
     assert get_student("resnet34").timm_name == "resnet34"  # any timm model works
     with pytest.raises(ToolkitError, match='Did you mean "resnet18"'):
         get_student("resnet-18")
@@ -79,3 +79,25 @@ def test_a_timm_weights_tag_names_the_papers_torchvision_resnet18() -> None:
     assert spec.timm_name == "resnet18.tv_in1k"
     ours, tv = create_student("resnet18", 7).state_dict(), create_student("resnet18.tv_in1k", 7).state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in tv.items()}
+
+
+def test_torchvision_mobilenetv2_maps_onto_timms_layout_with_identical_outputs() -> None:
+    # mobilenetv2_100_tv loads torchvision's ImageNet weights (downloaded): here random torchvision weights with
+    # non-trivial BatchNorm statistics go through the same mapping and must give the same logits.
+    import torchvision
+
+    from distill.students import map_by_position
+
+    torch.manual_seed(0)
+    tv = torchvision.models.mobilenet_v2(num_classes=7).eval()
+    for m in tv.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    ours = create_student("mobilenetv2_100_tv", 7).eval()
+    ours.load_state_dict(map_by_position(tv.state_dict(), ours.state_dict(), "test"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=1e-6)
+    with pytest.raises(ToolkitError, match="tensors, the target architecture has"):
+        map_by_position(create_student("resnet18", 7).state_dict(), ours.state_dict(), "resnet into mobilenet")
