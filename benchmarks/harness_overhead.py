@@ -29,18 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_latency import build_variants  # noqa: E402
 
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier  # noqa: E402
-from runtime.cross_check import find_tool, parse_median_ms  # noqa: E402
+from runtime.cross_check import openvino_command, parse_median_ms  # noqa: E402
 from runtime.environment import describe_environment  # noqa: E402
 
 
-def _benchmark_app(xml: Path, size: int, precision: str | None, seconds: int) -> float:
-    tool = find_tool("benchmark_app")
-    if tool is None:
+def _benchmark_app(xml: Path, size: int, pin_f32: bool, seconds: int) -> float:
+    """benchmark_app as `toolkit bench --cross-check` runs it, or with its own float precision (no pin)."""
+    cmd = openvino_command(xml, (size, size), None, seconds)
+    if cmd is None:
         raise SystemExit("benchmark_app not found (it ships with the openvino wheel)")
-    cmd = [tool, "-m", str(xml), "-d", "CPU", "-hint", "latency", "-api", "sync",
-           "-shape", f"[1,3,{size},{size}]", "-t", str(seconds)]  # fmt: skip
-    if precision:
-        cmd += ["-infer_precision", precision]
+    if not pin_f32:
+        i = cmd.index("-infer_precision")
+        del cmd[i : i + 2]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     value = parse_median_ms("benchmark_app", out.stdout)
     if value is None:
@@ -76,9 +76,9 @@ def main() -> None:
     for name, xml in models.items():
         dynamic, static = OpenVinoClassifier(xml), OpenVinoClassifier(xml, settings={"static_batch": 1})
         variants[f"{name} | benchmark_app defaults"] = lambda xml=xml: _benchmark_app(
-            xml, args.size, None, args.seconds
+            xml, args.size, False, args.seconds
         )
-        variants[f"{name} | benchmark_app f32"] = lambda xml=xml: _benchmark_app(xml, args.size, "f32", args.seconds)
+        variants[f"{name} | benchmark_app f32"] = lambda xml=xml: _benchmark_app(xml, args.size, True, args.seconds)
         variants[f"{name} | toolkit, dynamic batch"] = lambda s=dynamic: _median_ms(s.run, x, args.seconds)
         variants[f"{name} | toolkit, static batch 1"] = lambda s=static: _median_ms(s.run, x, args.seconds)
         variants[f"{name} | engine call alone, static"] = lambda s=static: _median_ms(s._infer, x, args.seconds)

@@ -9,6 +9,7 @@ mismatch is an error, not a silent fallback. CUDA inputs, or inputs that require
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -43,13 +44,7 @@ def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
         return backend
     if torch.device(device).type != "cpu":
         return "torch"
-    for name, module in (("openvino", "openvino"), ("onnxruntime", "onnxruntime")):
-        try:
-            __import__(module)
-            return name
-        except ImportError:
-            continue
-    return "torch"
+    return next((name for name in ("openvino", "onnxruntime") if importlib.util.find_spec(name)), "torch")
 
 
 class EngineImageEncoder:
