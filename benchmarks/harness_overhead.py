@@ -68,7 +68,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=2, help="per variant per round")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="harness-"))
+    with tempfile.TemporaryDirectory(prefix="harness-") as tmp:
+        _compare(args, Path(tmp))
+
+
+def _compare(args: argparse.Namespace, work: Path) -> None:
+    """Measure every variant over interleaved rounds; the models live in ``work``, removed afterwards."""
     build_variants(args.student, args.size, work)
     x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
     models = {"OpenVINO FP32": work / "ov" / "model.xml", "OpenVINO INT8": work / "ov8" / "model.xml"}

@@ -71,26 +71,29 @@ def main() -> None:
     peak = reconcile_with_ceiling(target_peak(profile, environment), ceiling)
     rows = []
     for student in args.students.split(","):
-        work = Path(tempfile.mkdtemp(prefix=f"roofline-{student}-"))
-        build_variants(student, args.size, work)
-        x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
-        for label, rel, backend, precision in FORMS:
-            costs = artifact_costs(work / rel, precision)
-            with pinned_cpus(profile.threads):
-                sweep = sweep_settings(backend, _opener(work / rel, backend, threads), x, {}, args.rounds,
-                                       args.queries)  # fmt: skip
-            rates = [costs["macs"] / (ms / 1000) / 1e9 for ms in (sweep["default_p50_ms"], sweep["best_p50_ms"])]
-            dw = costs["by_kind"].get("depthwise")
-            rows.append([
-                student, label, f"{costs['macs'] / 1e9:.3f}", f"{costs['bytes_moved'] / 1e6:.1f}",
-                f"{costs['macs_per_byte']:.1f}",
-                "-" if not dw else f"{100 * dw['macs_share']:.0f}% / {100 * dw['bytes_share']:.0f}%",
-                f"{sweep['default_p50_ms']:.3f}", f"{rates[0]:.0f}", _pct(percent_of_peak(rates[0], peak, precision)),
-                f"{sweep['best_p50_ms']:.3f}", f"{rates[1]:.0f}", _pct(percent_of_peak(rates[1], peak, precision)),
-                _pct(percent_of_peak(rates[1], ceiling, precision)),
-                ", ".join(f"{k}={v}" for k, v in sweep["best"].items()) or "defaults",
-            ])  # fmt: skip
-            print(" | ".join(rows[-1]), file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix=f"roofline-{student}-") as tmp:
+            work = Path(tmp)
+            build_variants(student, args.size, work)
+            x = np.random.default_rng(0).standard_normal((1, 3, args.size, args.size)).astype(np.float32)
+            for label, rel, backend, precision in FORMS:
+                costs = artifact_costs(work / rel, precision)
+                with pinned_cpus(profile.threads):
+                    sweep = sweep_settings(backend, _opener(work / rel, backend, threads), x, {}, args.rounds,
+                                           args.queries)  # fmt: skip
+                rates = [costs["macs"] / (ms / 1000) / 1e9 for ms in (sweep["default_p50_ms"], sweep["best_p50_ms"])]
+                dw = costs["by_kind"].get("depthwise")
+                rows.append([
+                    student, label, f"{costs['macs'] / 1e9:.3f}", f"{costs['bytes_moved'] / 1e6:.1f}",
+                    f"{costs['macs_per_byte']:.1f}",
+                    "-" if not dw else f"{100 * dw['macs_share']:.0f}% / {100 * dw['bytes_share']:.0f}%",
+                    f"{sweep['default_p50_ms']:.3f}", f"{rates[0]:.0f}",
+                    _pct(percent_of_peak(rates[0], peak, precision)),
+                    f"{sweep['best_p50_ms']:.3f}", f"{rates[1]:.0f}",
+                    _pct(percent_of_peak(rates[1], peak, precision)),
+                    _pct(percent_of_peak(rates[1], ceiling, precision)),
+                    ", ".join(f"{k}={v}" for k, v in sweep["best"].items()) or "defaults",
+                ])  # fmt: skip
+                print(" | ".join(rows[-1]), file=sys.stderr)
     cpu = environment["cpu"]
     header = ["student", "form", "GMAC", "MB moved", "MAC/byte", "depthwise MACs / bytes", "default p50 ms",
               "GMAC/s", "% peak", "tuned p50 ms", "GMAC/s", "% peak", "% GEMM ceiling", "tuned settings"]  # fmt: skip
