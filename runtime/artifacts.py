@@ -35,9 +35,29 @@ KNOWN = {
     "int8_tensorrt": ("TensorRT-form INT8 S8S8 (in ONNX Runtime)", "onnxruntime", "int8"),
     "openvino": ("OpenVINO FP32", "openvino", "fp32"),
     "int8_openvino": ("OpenVINO INT8 (NNCF)", "openvino", "int8"),
+    "int8_onnxruntime_qad": ("ONNX Runtime INT8 U8S8, QAD", "onnxruntime", "int8"),
+    "int8_openvino_qad": ("OpenVINO INT8, QAD", "openvino", "int8"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
-REFERENCE = {"int8_onnxruntime": "onnx", "int8_tensorrt": "onnx", "openvino": "onnx", "int8_openvino": "openvino"}
+REFERENCE = {
+    "int8_onnxruntime": "onnx",
+    "int8_tensorrt": "onnx",
+    "openvino": "onnx",
+    "int8_openvino": "openvino",
+    "int8_onnxruntime_qad": "onnx",
+    "int8_openvino_qad": "openvino",
+}
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """The manifest entry of an exported file: name relative to the run, hashes, bytes (an OpenVINO IR is
+    model.xml + model.bin in their own folder)."""
+    entry: dict[str, Any] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if path.suffix == ".xml":
+        weights = path.with_suffix(".bin")
+        entry |= {"file": f"{path.parent.name}/{path.name}", "bin_sha256": sha256_file(weights)}
+        entry["bytes"] += weights.stat().st_size
+    return entry
 
 
 def eval_slug(dataset_name: str) -> str:

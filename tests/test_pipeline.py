@@ -116,9 +116,15 @@ def test_run_makes_every_artifact_then_skips_and_continues_after_a_kill(recipe: 
         ("bench.targets=[ort-cpu-1x]", "bench.targets[0]: unknown target 'ort-cpu-1x'. Did you mean"),
         ("bench.targets=[openvino-cpu]", "add 'openvino' to export.backends"),
         ("data.test=null", "data.test: `toolkit run` evaluates every artifact"),
+        (
+            ("export.recover=qad", "export.backends=[onnxruntime,tensorrt]"),
+            "export.recover: --recover qad --backend tensorrt",
+        ),
+        (("export.recover=auto", "export.int8=false"), "export.recover: --recover auto: recovers INT8 accuracy"),
     ],
 )
 def test_run_checks_targets_and_test_data_before_training(recipe: Path, tmp_path: Path, override, expected) -> None:
-    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "r"), "--set", override])
+    sets = [arg for o in ((override,) if isinstance(override, str) else override) for arg in ("--set", o)]
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "r"), *sets])
     assert isinstance(res.exception, ToolkitError) and expected in str(res.exception)
     assert not (tmp_path / "r").exists()

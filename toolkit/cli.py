@@ -271,6 +271,22 @@ def export_(
         ),
     ] = None,  # fmt: skip
     targets_file: TargetsFile = None,
+    recover: Annotated[
+        str,
+        typer.Option(
+            help="qad: also fine-tune a fake-quantized student by distillation from its FP32 self and export it "
+            "with every layer INT8 (model.int8.qad.onnx, model.int8.qad.openvino/); auto: only for a target whose "
+            "PTQ guard failed; none. Backends onnxruntime and openvino."
+        ),
+    ] = "none",
+    qad_epochs: Annotated[int, typer.Option(help="QAD fine-tuning epochs.")] = 1,
+    qad_lr: Annotated[
+        float | None, typer.Option(help="QAD learning rate (default: the recipe's train.optimizer.lr / 10).")
+    ] = None,
+    qad_images: Annotated[
+        int | None,
+        typer.Option(help="Fine-tune QAD on this many training images, class-stratified (default: all of them)."),
+    ] = None,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
@@ -293,6 +309,10 @@ def export_(
             max_float_layers=max_float_layers,
             held_out_images=held_out_images,
             allow_fail=allow_fail,
+            recover=recover,
+            qad_epochs=qad_epochs,
+            qad_lr=qad_lr,
+            qad_images=qad_images,
             console=console,
         )
 

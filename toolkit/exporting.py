@@ -14,13 +14,14 @@ from export.guard import guarded_quantize
 from export.onnx_export import OPSET, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
+from runtime.artifacts import file_entry
 from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
-from runtime.hashing import sha256_file
 from runtime.preprocess import PreprocessContract
 from toolkit.evaluation import load_run_student
+from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
 from toolkit.recipe import Recipe
 from toolkit.rundir import read_manifest, update_manifest
 from toolkit.splits import recipe_splits
@@ -45,15 +46,6 @@ def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
     return splits.train, splits.val
 
 
-def _file_entry(path: Path) -> dict[str, Any]:
-    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if path.suffix == ".xml":  # OpenVINO IR: model.xml + model.bin in their own folder
-        weights = path.with_suffix(".bin")
-        entry |= {"file": f"{path.parent.name}/{path.name}", "bin_sha256": sha256_file(weights)}
-        entry["bytes"] += weights.stat().st_size
-    return entry
-
-
 def run_export(
     run_dir: Path,
     int8: bool = False,
@@ -65,12 +57,19 @@ def run_export(
     held_out_images: int = 2000,
     parity_images: int = 256,
     allow_fail: bool = False,
+    recover: str = "none",
+    qad_epochs: int = 1,
+    qad_lr: float | None = None,
+    qad_images: int | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
+    """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
+    fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed)."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
     for t in targets:
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
+    check_recover(recover, int8, targets, qad_epochs, qad_images)
     model, contract, raw = load_run_student(run_dir)
     recipe = Recipe.model_validate(raw)
     train_set, val_set = run_splits(recipe, console)
@@ -80,6 +79,7 @@ def run_export(
     params = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     fp32_copies = 2 if "openvino" in targets else 1  # model.onnx, and the OpenVINO IR
     needed = params * fp32_copies + (params // 4 + 1_000_000) * len(targets) * int(int8)
+    needed += (params * 4 + (params // 4 + 1_000_000) * len(targets)) * int(recover != "none")  # QAD checkpoints
     check_space(run_dir, needed, "export (" + ("FP32 and INT8 for " + ", ".join(targets) if int8 else "FP32") + ")")
     t0 = time.perf_counter()
     export_onnx(model, contract, onnx_path)
@@ -89,7 +89,7 @@ def run_export(
         onnx_path.unlink()
         raise ToolkitError(f"ONNX parity check failed, model.onnx removed: {parity.describe()}")
     console.print(f"model.onnx (opset {OPSET}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
-    section: dict[str, Any] = {"onnx": {**_file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
+    section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
 
     fp32_held_out = fp32.predict(held_out)  # reused by every target's guard
     fp32_top1 = float((fp32_held_out.argmax(1) == held_out.labels).mean())
@@ -101,7 +101,7 @@ def run_export(
         ov_agreement = compare_logits(
             fp32_held_out, OpenVinoClassifier(run_dir / OPENVINO_FP32).predict(held_out), 1e-3, 0.99
         )
-        section["openvino"] = {**_file_entry(run_dir / OPENVINO_FP32), "parity_vs_onnx": ov_agreement.to_dict()}
+        section["openvino"] = {**file_entry(run_dir / OPENVINO_FP32), "parity_vs_onnx": ov_agreement.to_dict()}
         console.print(f"{OPENVINO_FP32}: parity vs ONNX Runtime: {ov_agreement.describe()}")
 
     failed: list[str] = []
@@ -135,7 +135,7 @@ def run_export(
             if target != "openvino":
                 _stamp_verdict(out, verdict["verdict"])
             section[f"int8_{target}"] = {
-                **_file_entry(out),
+                **file_entry(out),
                 "format": "OpenVINO IR, NNCF post-training INT8"
                 if target == "openvino"
                 else get_target(target).description,
@@ -152,6 +152,15 @@ def run_export(
                 failed.append(INT8_FILES[target])
             if target == "tensorrt":
                 section["int8_tensorrt"]["engine"] = _tensorrt_engine(out, run_dir, contract, console)
+        wanted = tuple(t for t in targets if recover == "qad" or (recover == "auto" and INT8_FILES[t] in failed))
+        if wanted:
+            qad = run_qad(run_dir, model, contract, recipe, train_set, val_set, held_out, batches, fp32_top1, wanted,
+                          epochs=qad_epochs, lr=qad_lr, images=qad_images, tolerance_points=tolerance_points,
+                          console=console)  # fmt: skip
+            section.update(qad)
+            recovered = {INT8_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] == "PASS"}
+            failed = [f for f in failed if f not in recovered]
+            failed += [QAD_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] != "PASS"]
     exports = read_manifest(run_dir).get("exports", {})
     exports.update(section)
     update_manifest(run_dir, exports=exports)

@@ -59,6 +59,13 @@ def check_run_recipe(recipe: Recipe) -> None:
             raise ToolkitError(f"bench.targets[{i}]: {name} runs INT8 models; set export.int8: true")
     if recipe.data.test is None:
         raise ToolkitError("data.test: `toolkit run` evaluates every artifact on a test set; add data.test")
+    from toolkit.qad import check_recover
+
+    e = recipe.export
+    try:
+        check_recover(e.recover, e.int8, tuple(e.backends), e.qad_epochs, e.qad_images)
+    except ToolkitError as exc:
+        raise ToolkitError(f"export.recover: {exc}") from exc
 
 
 def _digest(*parts: Any) -> str:
@@ -161,6 +168,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
         e = recipe.export
         run_export(run_dir, int8=e.int8, targets=tuple(e.backends), calib_size=e.calib_size,
                    calib_method=e.calib_method, tolerance_points=e.tolerance, held_out_images=e.held_out_images,
+                   recover=e.recover, qad_epochs=e.qad_epochs, qad_lr=e.qad_lr, qad_images=e.qad_images,
                    console=console)  # fmt: skip
         return _artifact_files(run_dir)
 

@@ -2,9 +2,8 @@
 the unpruned student (its logits cached once per image and per horizontal flip), into a new run directory that
 `toolkit export`, `eval`, `bench` and `report` take like any other.
 
-Recovery sees each training image through the run's eval preprocessing, flipped or not by a per-(seed, epoch,
-image) draw; the unpruned model's logits for both views are computed once before training, so recovery never
-runs the big model again and its targets are exact.
+Recovery (distill/recovery.py) sees each training image through the run's eval preprocessing, flipped or not,
+against the unpruned model's logits for both views computed once before training.
 """
 
 from __future__ import annotations
@@ -15,23 +14,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
-from torch import nn
 
 from distill.data import ImageTensorDataset
 from distill.distributed import init_distributed, shutdown_distributed
 from distill.engine import train, write_metrics
 from distill.evaluate import classifier_validator, predict_logits
 from distill.loss_terms import LossTerm, const
-from distill.losses.kd import kd_loss
-from distill.objectives import CE_TERM, CrossEntropy, Objective, TermValues, split_forward
+from distill.objectives import CE_TERM, CrossEntropy, Objective
 from distill.pruning import ARCHITECTURE, architecture, prune_channels, recalibrate_batchnorm
+from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
-from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from toolkit.evaluation import evaluate_student, load_run_student
 from toolkit.recipe import Recipe, recipe_to_yaml
@@ -40,45 +36,6 @@ from toolkit.splits import recipe_splits
 from toolkit.training import STUDENT_FORMAT
 
 RECOVERY = ("kd", "ce", "none")
-FLIP_STREAM = 0x5EED_F11
-
-
-class FlipViews(torch.utils.data.Dataset):
-    """(eval-preprocessed image, label, teacher logits of that very view): the view is flipped or not by a seeded
-    draw per (epoch, image), and the teacher's logits for both views were computed once."""
-
-    def __init__(self, dataset: Dataset, transform: Any, logits: torch.Tensor, seed: int) -> None:
-        self.dataset, self.transform, self.logits, self.seed, self.epoch = dataset, transform, logits, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        flip = int(np.random.default_rng([self.seed, FLIP_STREAM, self.epoch, i]).random() < 0.5)
-        x = self.transform(self.dataset.image(i))
-        return (x.flip(-1) if flip else x), int(self.dataset.labels[i]), self.logits[i, flip]
-
-
-class CachedLogitsKD(Objective):
-    """(1 - alpha) CE + alpha T^2 KL against cached teacher logits of the same view (Hinton KD, recovery form)."""
-
-    def compute(self, x: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor) -> TermValues:
-        _, pooled, logits = split_forward(self.net, x)
-        kd = kd_loss(logits, teacher, float(self.params["temperature"]))
-        return TermValues({"cls": self.ce(logits, y), "kd": kd}, logits, pooled)
-
-
-def teacher_views(model: nn.Module, dataset: Dataset, transform: Any, batch_size: int) -> torch.Tensor:
-    """(N, 2, C) logits of ``model`` on each image as preprocessed and horizontally flipped."""
-    loader = torch.utils.data.DataLoader(ImageTensorDataset(dataset, transform=transform), batch_size=batch_size)
-    out = []
-    with torch.no_grad():
-        for x, _ in loader:
-            out.append(torch.stack([model(x), model(x.flip(-1))], dim=1))
-    return torch.cat(out)
 
 
 def run_prune(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
 from distill.config import DistillConfig, StrictModel, StudentConfig, TrainConfig
 from distill.methods.plan import plan_distillation
@@ -77,6 +77,14 @@ class ExportStepConfig(StrictModel):
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     tolerance: float = Field(0.5, ge=0.0, description="largest accepted INT8 top-1 drop, in points")
     held_out_images: PositiveInt = 2000
+    recover: Literal["none", "qad", "auto"] = Field(
+        "none",
+        description="qad: also quantization-aware distillation, every layer INT8; auto: QAD only where the "
+        "PTQ guard failed (toolkit export --recover)",
+    )
+    qad_epochs: PositiveInt = 1
+    qad_lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr / 10")
+    qad_images: PositiveInt | None = Field(None, description="class-stratified training images; default: all")
 
 
 class BenchStepConfig(StrictModel):

@@ -1,0 +1,174 @@
+"""Quantization-aware distillation's model side: a student made fake-quantized for training, and its export to
+the Q/DQ ONNX form our post-training quantization writes.
+
+Library: NNCF's PyTorch quantization. It is already how the OpenVINO INT8 artifact is made, its quantizers train
+(scales and weights), and ``nncf.strip`` turns them into PyTorch's native fake-quantize ops, which the ONNX
+exporter writes as QuantizeLinear/DequantizeLinear. ModelOpt targets TensorRT on NVIDIA GPUs and PyTorch's PT2E
+QAT leaves torch for torchao with an experimental ONNX path; neither exports the ONNX Runtime U8S8 form here.
+
+BatchNorm is folded into the convolutions before quantizers are inserted, so the weights trained are the ones
+deployed (the exported graph has no BatchNormalization left to fold after quantization).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from export.onnx_export import FORMAT, OPSET, set_metadata
+from export.qdq_form import fold_weight_quantizers, quantize_biases
+from runtime.atomic import atomic_path
+from runtime.classifier import META_FORMAT, META_PREPROCESS
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+
+# INT8 forms QAD trains toward, by export target: NNCF preset and the PTQ artifact whose form it must match.
+QAD_TARGETS = {"onnxruntime": "MIXED", "openvino": "MIXED"}
+REFUSED = {
+    "tensorrt": "TensorRT's form needs signed symmetric activations, which NNCF's hardware configurations refuse "
+    "(signedness_to_force on activations: 'incompatible with HW capabilities'); QAD writes the ONNX Runtime U8S8 "
+    "and OpenVINO forms",
+}
+
+
+def check_qad_targets(targets: tuple[str, ...]) -> None:
+    """QAD asked for a backend without a form it can train toward: an error naming it, before anything trains."""
+    for target in targets:
+        if target not in QAD_TARGETS:
+            why = REFUSED.get(target, "no Q/DQ form")
+            raise ToolkitError(f"--recover qad --backend {target}: not available ({why}); use --backend "
+                               + " or ".join(QAD_TARGETS))  # fmt: skip
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
+    """Fold every BatchNorm that reads a convolution's output alone into that convolution, in place; the norm
+    becomes identity (its activation, for timm's BatchNormAct2d, stays). Returns how many were folded; raises if
+    the folded model's outputs on ``example`` differ."""
+    model.eval()
+    outputs: dict[int, nn.Conv2d] = {}
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    seen_inputs: dict[int, int] = {}
+
+    def after_conv(module: nn.Module, _args: Any, out: torch.Tensor) -> None:
+        outputs[id(out)] = module  # type: ignore[assignment]
+        kept.append(out)  # keep the tensor alive so its id is not reused during the pass
+
+    def before_norm(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen_inputs[id(args[0])] = seen_inputs.get(id(args[0]), 0) + 1
+        conv = outputs.get(id(args[0]))
+        if conv is not None and type(module) in _NORMS:
+            pairs.append((conv, module))  # type: ignore[arg-type]
+
+    kept: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(after_conv) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_pre_hook(before_norm) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        try:
+            reference = model(example)
+        finally:
+            for h in handles:
+                h.remove()
+    parents = {id(m): name for name, m in model.named_modules()}
+    for conv, norm in pairs:
+        if norm.running_mean is None or norm.running_var is None:
+            continue
+        weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps,
+                                            norm.weight, norm.bias)  # fmt: skip
+        conv.weight, conv.bias = weight, bias
+        _replace(model, parents[id(norm)], _NORMS[type(norm)](norm))
+    with torch.no_grad():
+        folded = model(example)
+    if not torch.allclose(folded, reference, atol=1e-4, rtol=1e-3):
+        error = float((folded - reference).abs().max())
+        raise ToolkitError(
+            f"folding BatchNorm into the convolutions changed the outputs (max |diff| {error:.2e}): a convolution's "
+            "output also feeds another layer; this student cannot be trained by QAD"
+        )
+    return len(pairs)
+
+
+def _after_norm(norm: nn.Module) -> nn.Module:
+    """What stays of timm's BatchNormAct2d once its normalisation is folded away: dropout and activation."""
+    return nn.Sequential(norm.drop, norm.act)  # type: ignore[arg-type]
+
+
+def _norm_types() -> dict[type, Any]:
+    norms: dict[type, Any] = {nn.BatchNorm2d: lambda _n: nn.Identity()}
+    try:
+        from timm.layers import BatchNormAct2d
+
+        norms[BatchNormAct2d] = _after_norm
+    except ImportError:  # timm is a train dependency; without it only torch's BatchNorm2d exists
+        pass
+    return norms
+
+
+_NORMS = _norm_types()
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+
+
+def prepare_qat(model: nn.Module, batches: list[np.ndarray], target: str = "onnxruntime") -> nn.Module:
+    """BatchNorm folded, then NNCF quantizers inserted and initialised on ``batches`` (calibration): the model
+    that QAD fine-tunes. Activations asymmetric per tensor, weights symmetric per channel (U8S8)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+
+    check_qad_targets((target,))
+    fold_batchnorm(model, torch.from_numpy(batches[0][:2]))
+    dataset = nncf.Dataset([torch.from_numpy(b) for b in batches])
+    images = sum(len(b) for b in batches)
+    # Per-tensor activations: NNCF's CPU configuration quantizes depthwise inputs per channel, a form ONNX
+    # Runtime's integer convolution (one input scale) cannot run.
+    advanced = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return nncf.quantize(model, dataset, preset=getattr(nncf.QuantizationPreset, QAD_TARGETS[target]),
+                             subset_size=images, fast_bias_correction=True, advanced_parameters=advanced)  # fmt: skip
+
+
+def export_qat_onnx(model: nn.Module, contract: PreprocessContract, path: str | os.PathLike[str]) -> Path:
+    """The fake-quantized student -> Q/DQ ONNX at ``path`` (atomically): int8 weights and int32 biases stored as
+    PTQ stores them, dynamic batch, the preprocessing contract in the metadata."""
+    import nncf
+    from nncf import StripFormat
+
+    path = Path(path)
+    h, w = contract.input_size
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stripped = nncf.strip(model, do_copy=True, strip_format=StripFormat.NATIVE,
+                              example_input=torch.zeros(1, 3, h, w))  # fmt: skip
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as work:
+        raw = Path(work) / "qat.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The TorchScript exporter: the dynamo exporter does not take the native fake-quantize ops.
+                torch.onnx.export(stripped, (torch.zeros(2, 3, h, w),), str(raw), dynamo=False, opset_version=OPSET,
+                                  input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
+            raise ToolkitError(
+                f"ONNX export of the quantization-aware student failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        proto = onnx.load(str(raw))
+        fold_weight_quantizers(proto)
+        quantize_biases(proto)
+        set_metadata(proto, {META_PREPROCESS: contract.to_json(), META_FORMAT: FORMAT})
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(tmp))
+    return path

@@ -1,0 +1,153 @@
+"""Quantization-aware distillation: BatchNorm folded exactly for every registered student, the fake-quantized
+student exported in the very Q/DQ form PTQ writes, bad settings refused before anything trains, and
+`toolkit export --recover qad|auto` end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import write_image_folder, write_recipe
+from torch import nn
+from typer.testing import CliRunner
+
+from distill.students import create_student, list_students
+from export.onnx_export import export_onnx
+from export.qad import export_qat_onnx, fold_batchnorm, prepare_qat
+from export.qdq_form import form_differences, qdq_form
+from export.quantize import quantize
+from runtime.artifacts import run_artifacts
+from runtime.classifier import OnnxClassifier
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+from toolkit.cli import app
+from toolkit.qad import check_recover
+
+SIZE = 16
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, so that a wrong fold shows in the outputs."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=gen) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+
+
+@pytest.mark.parametrize("name", list_students())
+def test_fold_batchnorm_keeps_outputs_for_every_student(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_student(name, 5).eval()
+    _randomise_norms(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert fold_batchnorm(model, x) == norms > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-3)
+    assert hasattr(model, "forward_features")  # the student's own class, not a traced copy
+
+
+def test_fold_batchnorm_refuses_a_convolution_read_twice() -> None:
+    class Branch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    model = Branch().eval()
+    _randomise_norms(model)
+    with pytest.raises(ToolkitError, match="also feeds another layer"):
+        fold_batchnorm(model, torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("recover", "int8", "targets", "epochs", "images", "message"),
+    [
+        ("qat", True, ("onnxruntime",), 1, None, "--recover 'qat' is not one of"),
+        ("qad", False, ("onnxruntime",), 1, None, "add --int8"),
+        ("auto", True, ("onnxruntime", "tensorrt"), 1, None, "--backend tensorrt: not available"),
+        ("qad", True, ("onnxruntime",), 0, None, "--qad-epochs 0"),
+        ("qad", True, ("openvino",), 1, 1, "--qad-images 1"),
+    ],
+)
+def test_bad_qad_settings_are_refused_up_front(recover, int8, targets, epochs, images, message) -> None:
+    with pytest.raises(ToolkitError, match=message):
+        check_recover(recover, int8, targets, epochs, images)
+    check_recover("none", False, ("tensorrt",), 0, 0)  # nothing asked: nothing checked
+
+
+# MobileNetV2's depthwise inputs are what NNCF would quantize per channel (ONNX Runtime cannot run that form).
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenetv2_100", marks=pytest.mark.slow)])
+def test_qat_export_is_in_ptq_form_and_matches_the_trained_model(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_student(name, 4).eval()
+    _randomise_norms(model)
+    contract = PreprocessContract(input_size=(SIZE, SIZE), resize_size=SIZE, class_names=("a", "b", "c", "d"))
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)]
+    export_onnx(model, contract, tmp_path / "fp32.onnx")
+    quantize(tmp_path / "fp32.onnx", tmp_path / "ptq.onnx", "onnxruntime", batches, "minmax")
+    qat = prepare_qat(copy.deepcopy(model), batches)
+    export_qat_onnx(qat, contract, tmp_path / "qad.onnx")
+    form = qdq_form(onnx.load(str(tmp_path / "qad.onnx")))
+    assert form_differences(form, qdq_form(onnx.load(str(tmp_path / "ptq.onnx")))) == []
+    assert form["float_ops"] == [] and form["weights"] == "int8" and form["bias"] == "int32"
+    assert (tmp_path / "qad.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
+    x = rng.standard_normal((32, 3, SIZE, SIZE)).astype(np.float32)
+    with torch.no_grad():
+        trained = qat.eval()(torch.from_numpy(x)).numpy()
+    exported = OnnxClassifier(tmp_path / "qad.onnx").run(x)
+    assert (exported.argmax(1) == trained.argmax(1)).mean() >= 0.9
+    assert np.abs(exported - trained).max() < 0.15 * np.abs(trained).max()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("qad")
+    recipe = write_recipe(tmp / "r.yaml", write_image_folder(tmp / "data", per_class=20))
+    res = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_export_recover_qad_end_to_end(tiny_run: Path) -> None:
+    args = ["export", str(tiny_run), "--int8", "--backend", "onnxruntime", "--backend", "openvino"]
+    res = CliRunner().invoke(app, [*args, "--recover", "qad", "--qad-images", "24", "--tolerance", "100"])
+    assert res.exit_code == 0, res.output
+    exports = json.loads((tiny_run / "manifest.json").read_text())["exports"]
+    entry = exports["int8_onnxruntime_qad"]
+    assert entry["guard"]["verdict"] == "PASS" and entry["guard"]["kept_in_float"] == []
+    assert entry["form_differences_vs_ptq"] == [] and entry["form"]["float_ops"] == []
+    assert entry["qad"]["images"] == 24 and entry["agreement_with_trained_model"] >= 0.9
+    assert (tiny_run / "qad" / "metrics.jsonl").is_file()
+    assert exports["int8_openvino_qad"]["file"] == "model.int8.qad.openvino/model.xml"
+    keys = [a.key for a in run_artifacts(tiny_run)]
+    assert {"int8_onnxruntime_qad", "int8_openvino_qad"} <= set(keys)
+    assert "model.int8.qad.onnx: PASS" in res.output
+
+
+@pytest.mark.slow
+def test_export_recover_auto_runs_qad_only_where_ptq_failed(tiny_run: Path) -> None:
+    (tiny_run / "model.int8.qad.onnx").unlink(missing_ok=True)
+    args = ["export", str(tiny_run), "--int8", "--recover", "auto", "--qad-images", "24"]
+    res = CliRunner().invoke(app, [*args, "--tolerance", "100"])
+    assert res.exit_code == 0, res.output
+    assert not (tiny_run / "model.int8.qad.onnx").exists()  # PTQ passed: nothing to recover
+    res = CliRunner().invoke(app, [*args, "--tolerance", "-1", "--max-float-layers", "0"])
+    assert res.exit_code != 0 and (tiny_run / "model.int8.qad.onnx").is_file()
+    assert "model.int8.qad.onnx" in str(res.exception) and "accuracy guard FAILED" in str(res.exception)

@@ -1,0 +1,155 @@
+"""`toolkit export --int8 --recover qad`: quantization-aware distillation of the run's student, then export to the
+INT8 forms post-training quantization writes, all layers in INT8.
+
+The student is made fake-quantized (export/qad.py), then fine-tuned on the training engine by KD from its own
+FP32 self, whose logits for each training image and its flip are computed once (distill/recovery.py): recovery
+never runs the FP32 model again. The result is guarded like PTQ (top-1 drop on the held-out images) and its
+Q/DQ form is checked against PTQ's file for the same target.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from rich.console import Console
+from torch import nn
+
+from distill.config import EmaConfig
+from distill.distributed import init_distributed, shutdown_distributed
+from distill.engine import train, write_metrics
+from distill.evaluate import classifier_validator, predict_logits
+from distill.loss_terms import LossTerm, const
+from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
+from distill.transforms import eval_transform
+from export.calibration import stratified_sample
+from export.guard import GuardReport
+from export.qad import export_qat_onnx, prepare_qat
+from export.qdq_form import form_differences, qdq_form
+from runtime.artifacts import file_entry
+from runtime.classifier import OnnxClassifier, OpenVinoClassifier
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+from toolkit.recipe import Recipe
+
+QAD_FILES = {"onnxruntime": "model.int8.qad.onnx", "openvino": "model.int8.qad.openvino/model.xml"}
+QAD_KEYS = {"onnxruntime": "int8_onnxruntime_qad", "openvino": "int8_openvino_qad"}
+RECOVER = ("none", "qad", "auto")
+
+
+def check_recover(recover: str, int8: bool, targets: tuple[str, ...], epochs: int, images: int | None) -> None:
+    """Bad QAD settings: an error naming the value, before anything exports or trains."""
+    from export.qad import check_qad_targets
+
+    if recover not in RECOVER:
+        raise ToolkitError(f"--recover {recover!r} is not one of {RECOVER}")
+    if recover == "none":
+        return
+    if not int8:
+        raise ToolkitError(f"--recover {recover}: recovers INT8 accuracy; add --int8")
+    check_qad_targets(targets)
+    if epochs < 1:
+        raise ToolkitError(f"--qad-epochs {epochs}: must be at least 1")
+    if images is not None and images < 2:
+        raise ToolkitError(f"--qad-images {images}: must be at least 2 (or omitted for the whole training split)")
+
+
+def run_qad(
+    run_dir: Path, model: nn.Module, contract: PreprocessContract, recipe: Recipe, train_set: Dataset,
+    val_set: Dataset, held_out: Dataset, batches: list[np.ndarray], fp32_top1: float, targets: tuple[str, ...], *,
+    epochs: int = 1, lr: float | None = None, images: int | None = None, temperature: float = 4.0,
+    alpha: float = 0.9, tolerance_points: float = 0.5, console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune a fake-quantized copy of ``model`` and export it for ``targets``; returns the manifest entries."""
+    t0 = time.perf_counter()
+    base = recipe.train
+    cfg = base.model_copy(update={
+        "epochs": epochs, "precision": "fp32", "channels_last": False, "ema": EmaConfig(enabled=False),
+        "optimizer": base.optimizer.model_copy(update={"lr": lr if lr is not None else base.optimizer.lr / 10}),
+        "schedule": base.schedule.model_copy(update={"warmup_epochs": 0.0}),
+        "checkpoint_every_steps": None,
+    })  # fmt: skip
+    data = train_set
+    if images is not None and images < len(train_set):
+        data = train_set.subset(stratified_sample(train_set.labels, images, recipe.seed))
+    transform = eval_transform(contract)
+    ctx = init_distributed(cfg.device)
+    try:
+        if ctx.world_size > 1:
+            raise ToolkitError(
+                "QAD runs in one process (its fine-tuning is short); run toolkit export without torchrun"
+            )
+        model = model.eval()
+        logits = teacher_views(model, data, transform, cfg.eval_batch_size)
+        logits_s = time.perf_counter() - t0
+        qat = prepare_qat(copy.deepcopy(model), batches, targets[0])
+        validate = classifier_validator(val_set, contract, cfg.eval_batch_size, ctx.device)
+        val_before = float(validate(qat)["val_top1"])
+        console.print(f"QAD: fake-quantized student, val top-1 {val_before:.4f} before fine-tuning; {epochs} epoch(s) "
+                      f"on {len(data)} images, lr {cfg.optimizer.lr:g}")  # fmt: skip
+        terms = (LossTerm("cls", const(1 - alpha), "CE with the label"),
+                 LossTerm("kd", const(alpha), "T^2 KL to the FP32 student (cached logits)"))  # fmt: skip
+        objective = CachedLogitsKD(qat, epochs, terms, {"temperature": temperature})
+        folder = run_dir / "qad"
+        engine = train(objective, FlipViews(data, transform, logits, recipe.seed), cfg, folder / "checkpoints",
+                       recipe.seed, ctx, stage="qad", validate=validate, console=console,
+                       on_epoch=lambda rows: write_metrics(folder / "metrics.jsonl", rows))  # fmt: skip
+        qat.load_state_dict(engine.weights)
+    finally:
+        shutdown_distributed()
+    train_s = time.perf_counter() - t0
+    qat.eval()
+    trained = predict_logits(qat, held_out, contract, cfg.eval_batch_size).argmax(1)
+    info = {"epochs": epochs, "lr": cfg.optimizer.lr, "images": len(data), "temperature": temperature, "alpha": alpha,
+            "teacher": "the FP32 student (logits cached per image and flip)", "library": "nncf",
+            "val_top1_before": val_before, "val_top1_after": engine.best_val_top1,
+            "teacher_logits_s": round(logits_s, 1), "train_s": round(train_s, 1)}  # fmt: skip
+
+    onnx_path = run_dir / QAD_FILES["onnxruntime"]
+    export_qat_onnx(qat, contract, onnx_path)
+    section: dict[str, Any] = {}
+    for target in targets:
+        if target == "onnxruntime":
+            path, classifier = onnx_path, OnnxClassifier(onnx_path)
+        else:
+            from export.openvino_export import onnx_to_openvino
+
+            path = run_dir / QAD_FILES["openvino"]
+            onnx_to_openvino(onnx_path, path, contract)
+            classifier = OpenVinoClassifier(path)
+        logits_q = classifier.predict(held_out)
+        report = GuardReport(tolerance_points, fp32_top1, float((logits_q.argmax(1) == held_out.labels).mean()))
+        agreement = float((logits_q.argmax(1) == trained).mean())
+        entry = {**file_entry(path), "format": f"{QAD_FORMATS[target]}, quantization-aware distillation (NNCF)",
+                 "guard": report.to_dict(), "agreement_with_trained_model": agreement, "qad": info}  # fmt: skip
+        if target == "onnxruntime":
+            entry["form"] = form = qdq_form(onnx.load(str(path)))
+            entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / "model.int8.onnx")
+        section[QAD_KEYS[target]] = entry
+        console.print(f"{QAD_FILES[target]}: {'PASS' if report.passed else 'FAIL'} top-1 {report.int8_top1:.4f} vs "
+                      f"FP32 {fp32_top1:.4f} (drop {report.drop_points:.2f} points, tolerance {tolerance_points}), "
+                      "all layers INT8; agrees with the fine-tuned model on "
+                      f"{100 * entry['agreement_with_trained_model']:.1f}% of {len(held_out)} images")  # fmt: skip
+    return section
+
+
+QAD_FORMATS = {"onnxruntime": "QDQ U8S8, per-channel weights, int32 bias", "openvino": "OpenVINO IR from the QAD QDQ"}
+
+
+def _compare_with_ptq(path: Path, form: dict[str, Any], ptq_path: Path) -> list[str]:
+    """Differences from PTQ's file of the same target; an error, the QAD file removed, when there are any (it
+    would not run through the INT8 kernels PTQ's file runs through)."""
+    if not ptq_path.is_file():
+        return []
+    differences = form_differences(form, qdq_form(onnx.load(str(ptq_path))))
+    if differences:
+        path.unlink()
+        raise ToolkitError(
+            f"{path.name} removed: its INT8 form differs from {ptq_path.name}'s: {'; '.join(differences)}"
+        )
+    return differences
