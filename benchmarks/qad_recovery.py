@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--work", type=Path, help="keep the runs in this folder (default: a temporary one, removed)")
     args = ap.parse_args()
     quiet = Console(stderr=True, quiet=True)
     cpu = cpu_description()
@@ -109,7 +110,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
         train = write_subset("train", args.per_class, work / "train")
         test = write_subset("test", args.test_per_class, work / "test")
         for student in args.students:

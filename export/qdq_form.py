@@ -137,6 +137,43 @@ def _is_dq(node: onnx.NodeProto | None) -> bool:
     return node is not None and node.op_type == "DequantizeLinear"
 
 
+def keep_inputs_float(proto: onnx.ModelProto, node_names: list[str] | set[str]) -> int:
+    """Make the named nodes read their activations in float: each input that comes through a Quantize/Dequantize
+    pair of an activation is rewired to the float tensor the pair quantizes (the pair stays for its other readers).
+
+    ONNX Runtime's ``WeightBiasQuantization`` graph optimisation (1.21+, on at the basic level) turns a
+    DequantizeLinear -> Conv/Gemm with float weights whose output is quantized back into an INT8 layer with
+    per-tensor weights: a layer the guard keeps in float would silently run in INT8, and per-tensor weights can be
+    far worse than the per-channel ones it replaced. The float tensor is clamped to the quantizer's range, which
+    may stand for an activation the quantizer absorbed (ReLU6). Returns how many inputs were rewired."""
+    graph = proto.graph
+    values = constant_values(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    names = {i.name for i in graph.initializer} | set(producer)
+    clips: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+    for node in graph.node:
+        if node.name not in node_names:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if _is_dq(dq) else None
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in values or len(q.input) < 3:
+                continue
+            # The quantizer's range clamps: the quantizer may stand in for a ReLU/ReLU6 it absorbed.
+            scale, zero = values[q.input[1]].astype(np.float32), values[q.input[2]]
+            lo, hi = INT_RANGES[zero.dtype]
+            bounds = [np.float32((b - zero.astype(np.int64)) * scale) for b in (lo, hi)]
+            lo_name, hi_name, out = (_unique(f"{q.input[0]}_float_{s}", names) for s in ("min", "max", "clipped"))
+            graph.initializer.extend(numpy_helper.from_array(np.asarray(b, np.float32), n)
+                                     for b, n in zip(bounds, (lo_name, hi_name)))  # fmt: skip
+            clips.append((node, onnx.helper.make_node("Clip", [q.input[0], lo_name, hi_name], [out], name=out)))
+            node.input[i] = out
+    for node, clip in clips:
+        graph.node.insert(list(graph.node).index(node), clip)
+    remove_unused(graph)
+    return len(clips)
+
+
 def remove_unused(graph: onnx.GraphProto) -> None:
     """Drop nodes and initializers nothing reads (the graph outputs are read)."""
     while True:

@@ -20,6 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from export.calibration import BatchReader
 from export.onnx_export import set_metadata
+from export.qdq_form import keep_inputs_float
 from runtime.atomic import atomic_path
 from runtime.errors import ToolkitError, did_you_mean
 
@@ -94,6 +95,8 @@ def quantize(
                 extra_options=extra,
             )
             proto = onnx.load(str(tmp))
+            if nodes_to_exclude:
+                keep_inputs_float(proto, set(nodes_to_exclude))
             set_metadata(proto, metadata | {"toolkit.int8_target": target, "toolkit.calibration": method})
             onnx.save(proto, str(tmp))
     return out_path

@@ -115,6 +115,28 @@ def test_qat_export_is_in_ptq_form_and_matches_the_trained_model(name: str, tmp_
     assert np.abs(exported - trained).max() < 0.15 * np.abs(trained).max()
 
 
+def test_weight_ranges_are_each_channels_own() -> None:
+    """A channel whose output is constant (it reads a dead input) has running variance ~0 and folds into weights
+    far larger than the others'; NNCF alone raises every channel's range to 1% of the largest, rounding the
+    live channels to zero. Each channel keeps its own range, as in our PTQ."""
+    torch.manual_seed(0)
+    model = create_student("resnet18", 4).eval()
+    _randomise_norms(model)
+    with torch.no_grad():
+        model.bn1.running_var[0] = 1e-14
+        model.conv1.weight[0] *= 30
+    rng = np.random.default_rng(0)
+    qat = prepare_qat(copy.deepcopy(model), [rng.standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)])
+    weight = qat.conv1.weight.detach()
+    amax = weight.abs().reshape(weight.shape[0], -1).amax(1)
+    assert amax[0] > 1000 * amax[1:].max()
+    quantizer = next(m for n, m in qat.named_modules() if n.endswith(".conv1/conv2d/0__1.0"))
+    torch.testing.assert_close(quantizer.scale.detach().flatten(), amax)
+    with torch.no_grad():
+        error = (quantizer(weight) - weight).abs().reshape(weight.shape[0], -1).amax(1)
+    assert bool((error <= amax / 127).all())  # within a step of each channel's own grid
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("qad")

@@ -144,3 +144,39 @@ def test_layers_behind_maxpool_count_as_quantized() -> None:
     proto.graph.node[-2].op_type = "Sigmoid"  # off the input's grid: the layer reads float values
     proto.graph.node[-2].ClearField("attribute")
     assert qdq_form(proto)["float_ops"] == ["conv"]
+
+
+def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path: Path) -> None:
+    """Regression: ONNX Runtime's WeightBiasQuantization optimisation re-quantized a guard-excluded depthwise
+    convolution per tensor at load time; with a dead channel of large weights (as BatchNorm folding leaves them)
+    a trained MobileNetV2 fell to chance in every fallback attempt."""
+    import torch
+
+    from export.onnx_export import export_onnx
+    from runtime.preprocess import PreprocessContract
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                        nn.ReLU6(), nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # fmt: skip
+    with torch.no_grad():
+        net[0].weight[0], net[0].bias[0] = 0.0, -1.0  # channel 0 is dead after ReLU6 ...
+        net[2].weight[0] = 1e4  # ... so its depthwise weights are unconstrained
+    contract = PreprocessContract(input_size=(8, 8), resize_size=8, class_names=("a", "b", "c"))
+    fp32 = export_onnx(net, contract, tmp_path / "fp32.onnx")
+    batches = [np.random.default_rng(5).standard_normal((8, 3, 8, 8)).astype(np.float32)]
+    quantize(fp32, tmp_path / "full.onnx", "onnxruntime", batches)
+    depthwise = [n.name for n in onnx.load(str(tmp_path / "full.onnx")).graph.node if n.op_type == "Conv"][1]
+    kept = quantize(fp32, tmp_path / "kept.onnx", "onnxruntime", batches, nodes_to_exclude=[depthwise])
+    x = batches[0]
+    outputs = {}
+    for level in ("ORT_DISABLE_ALL", "ORT_ENABLE_ALL"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+        outputs[level] = ort.InferenceSession(str(kept), options).run(None, {"input": x})[0]
+    reference = _run(onnx.load(str(fp32)), x)
+    scale = float(np.abs(reference).max())
+    np.testing.assert_allclose(outputs["ORT_ENABLE_ALL"], outputs["ORT_DISABLE_ALL"], atol=1e-4 * scale)
+    assert float(np.abs(outputs["ORT_ENABLE_ALL"] - reference).max()) < 0.1 * scale
+    conv = next(n for n in onnx.load(str(kept)).graph.node if n.name == depthwise)
+    assert conv.input[0].endswith("_float_clipped")  # reads the float activation, clamped as its quantizer did

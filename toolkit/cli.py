@@ -281,7 +281,7 @@ def export_(
     ] = "none",
     qad_epochs: Annotated[int, typer.Option(help="QAD fine-tuning epochs.")] = 1,
     qad_lr: Annotated[
-        float | None, typer.Option(help="QAD learning rate (default: the recipe's train.optimizer.lr / 10).")
+        float | None, typer.Option(help="QAD learning rate (default: the recipe's train.optimizer.lr / 1000).")
     ] = None,
     qad_images: Annotated[
         int | None,

@@ -83,7 +83,7 @@ class ExportStepConfig(StrictModel):
         "PTQ guard failed (toolkit export --recover)",
     )
     qad_epochs: PositiveInt = 1
-    qad_lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr / 10")
+    qad_lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr / 1000")
     qad_images: PositiveInt | None = Field(None, description="class-stratified training images; default: all")
 
 
