@@ -107,6 +107,8 @@ def test_qat_export_is_in_ptq_form_and_matches_the_trained_model(name: str, tmp_
     assert form_differences(form, qdq_form(onnx.load(str(tmp_path / "ptq.onnx")))) == []
     assert form["float_ops"] == [] and form["weights"] == "int8" and form["bias"] == "int32"
     assert (tmp_path / "qad.onnx").stat().st_size < 0.4 * (tmp_path / "fp32.onnx").stat().st_size
+    export_qat_onnx(qat, contract, tmp_path / "float_bias.onnx", int32_bias=False)  # OpenVINO's input
+    assert qdq_form(onnx.load(str(tmp_path / "float_bias.onnx")))["bias"] == "float"
     x = rng.standard_normal((32, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         trained = qat.eval()(torch.from_numpy(x)).numpy()
@@ -173,3 +175,16 @@ def test_export_recover_auto_runs_qad_only_where_ptq_failed(tiny_run: Path) -> N
     res = CliRunner().invoke(app, [*args, "--tolerance", "-1", "--max-float-layers", "0"])
     assert res.exit_code != 0 and (tiny_run / "model.int8.qad.onnx").is_file()
     assert "model.int8.qad.onnx" in str(res.exception) and "accuracy guard FAILED" in str(res.exception)
+
+
+@pytest.mark.slow
+def test_qad_resumes_from_its_checkpoint(tiny_run: Path) -> None:
+    args = ["export", str(tiny_run), "--int8", "--recover", "qad", "--qad-images", "24", "--tolerance", "100"]
+    assert CliRunner().invoke(app, [*args, "--qad-epochs", "1"]).exit_code == 0
+    res = CliRunner().invoke(app, [*args, "--qad-epochs", "2", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "qad resumed from" in res.output and "after epoch 1 of 2" in res.output
+    rows = [json.loads(line) for line in (tiny_run / "qad" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    res = CliRunner().invoke(app, ["export", str(tiny_run), "--resume"])
+    assert res.exit_code != 0 and "add --recover qad" in str(res.exception)

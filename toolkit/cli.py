@@ -287,6 +287,9 @@ def export_(
         int | None,
         typer.Option(help="Fine-tune QAD on this many training images, class-stratified (default: all of them)."),
     ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted QAD fine-tuning from RUN/qad/checkpoints.")
+    ] = False,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
@@ -313,6 +316,7 @@ def export_(
             qad_epochs=qad_epochs,
             qad_lr=qad_lr,
             qad_images=qad_images,
+            resume=resume,
             console=console,
         )
 

@@ -61,6 +61,7 @@ def run_export(
     qad_epochs: int = 1,
     qad_lr: float | None = None,
     qad_images: int | None = None,
+    resume: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
@@ -70,6 +71,8 @@ def run_export(
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     check_recover(recover, int8, targets, qad_epochs, qad_images)
+    if resume and recover == "none":
+        raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
     recipe = Recipe.model_validate(raw)
     train_set, val_set = run_splits(recipe, console)
@@ -156,7 +159,7 @@ def run_export(
         if wanted:
             qad = run_qad(run_dir, model, contract, recipe, train_set, val_set, held_out, batches, fp32_top1, wanted,
                           epochs=qad_epochs, lr=qad_lr, images=qad_images, tolerance_points=tolerance_points,
-                          console=console)  # fmt: skip
+                          resume=resume, console=console)  # fmt: skip
             section.update(qad)
             recovered = {INT8_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] == "PASS"}
             failed = [f for f in failed if f not in recovered]

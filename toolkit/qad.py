@@ -10,6 +10,7 @@ Q/DQ form is checked against PTQ's file for the same target.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,11 @@ def run_qad(
     run_dir: Path, model: nn.Module, contract: PreprocessContract, recipe: Recipe, train_set: Dataset,
     val_set: Dataset, held_out: Dataset, batches: list[np.ndarray], fp32_top1: float, targets: tuple[str, ...], *,
     epochs: int = 1, lr: float | None = None, images: int | None = None, temperature: float = 4.0,
-    alpha: float = 0.9, tolerance_points: float = 0.5, console: Console,
+    alpha: float = 0.9, tolerance_points: float = 0.5, resume: bool = False, console: Console,
 ) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune a fake-quantized copy of ``model`` and export it for ``targets``; returns the manifest entries."""
+    """Fine-tune a fake-quantized copy of ``model`` and export it for ``targets``; returns the manifest entries.
+    ``resume`` continues an interrupted fine-tuning from RUN/qad/checkpoints (the quantizers are initialised the
+    same way again, then the checkpoint's weights, quantizer ranges and optimizer state are loaded)."""
     t0 = time.perf_counter()
     base = recipe.train
     cfg = base.model_copy(update={
@@ -102,7 +105,7 @@ def run_qad(
         objective = CachedLogitsKD(qat, epochs, terms, {"temperature": temperature})
         folder = run_dir / "qad"
         engine = train(objective, FlipViews(data, transform, logits, recipe.seed), cfg, folder / "checkpoints",
-                       recipe.seed, ctx, stage="qad", validate=validate, console=console,
+                       recipe.seed, ctx, stage="qad", validate=validate, resume=resume, console=console,
                        on_epoch=lambda rows: write_metrics(folder / "metrics.jsonl", rows))  # fmt: skip
         # Fine-tuning that ends below where it started (a learning rate too high) keeps the start: the quantizers
         # initialised on calibration data, like PTQ. Selection among epochs is the engine's (train.select).
@@ -131,7 +134,9 @@ def run_qad(
             from export.openvino_export import onnx_to_openvino
 
             path = run_dir / QAD_FILES["openvino"]
-            onnx_to_openvino(onnx_path, path, contract)
+            with tempfile.TemporaryDirectory() as tmp:  # float biases: OpenVINO adds them in float
+                onnx_to_openvino(export_qat_onnx(qat, contract, Path(tmp) / "qad.onnx", int32_bias=False), path,
+                                 contract)  # fmt: skip
             classifier = OpenVinoClassifier(path)
         logits_q = classifier.predict(held_out)
         report = GuardReport(tolerance_points, fp32_top1, float((logits_q.argmax(1) == held_out.labels).mean()))
@@ -149,7 +154,10 @@ def run_qad(
     return section
 
 
-QAD_FORMATS = {"onnxruntime": "QDQ U8S8, per-channel weights, int32 bias", "openvino": "OpenVINO IR from the QAD QDQ"}
+QAD_FORMATS = {
+    "onnxruntime": "QDQ U8S8, per-channel weights, int32 bias",
+    "openvino": "OpenVINO IR from the QAD QDQ graph, float bias",
+}
 
 
 def _compare_with_ptq(path: Path, form: dict[str, Any], ptq_path: Path) -> list[str]:
