@@ -31,22 +31,19 @@ from runtime.classifier import META_FORMAT, META_PREPROCESS
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 
-# INT8 forms QAD trains toward, by export target: NNCF preset and the PTQ artifact whose form it must match.
-QAD_TARGETS = {"onnxruntime": "MIXED", "openvino": "MIXED"}
-REFUSED = {
-    "tensorrt": "TensorRT's form needs signed symmetric activations, which NNCF's hardware configurations refuse "
-    "(signedness_to_force on activations: 'incompatible with HW capabilities'); QAD writes the ONNX Runtime U8S8 "
-    "and OpenVINO forms",
-}
+# The INT8 form QAD trains toward, by export target: "u8s8" = asymmetric unsigned activations (NNCF's MIXED
+# preset: ONNX Runtime's fast CPU form, also what OpenVINO reads), "s8s8" = symmetric signed activations with zero
+# points 0 (TensorRT's explicit quantization; NNCF's PERFORMANCE preset, activations then forced signed).
+QAD_FORMS = {"onnxruntime": "u8s8", "openvino": "u8s8", "tensorrt": "s8s8"}
+PRESETS = {"u8s8": "MIXED", "s8s8": "PERFORMANCE"}
 
 
 def check_qad_targets(targets: tuple[str, ...]) -> None:
     """QAD asked for a backend without a form it can train toward: an error naming it, before anything trains."""
     for target in targets:
-        if target not in QAD_TARGETS:
-            why = REFUSED.get(target, "no Q/DQ form")
-            raise ToolkitError(f"--recover qad --backend {target}: not available ({why}); use --backend "
-                               + " or ".join(QAD_TARGETS))  # fmt: skip
+        if target not in QAD_FORMS:
+            raise ToolkitError(f"--recover qad --backend {target}: no Q/DQ form to train toward; use --backend "
+                               + ", ".join(QAD_FORMS))  # fmt: skip
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
@@ -122,11 +119,14 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def prepare_qat(model: nn.Module, batches: list[np.ndarray], target: str = "onnxruntime") -> nn.Module:
     """BatchNorm folded, then NNCF quantizers inserted and initialised on ``batches`` (calibration): the model
-    that QAD fine-tunes. Activations asymmetric per tensor, weights symmetric per channel (U8S8)."""
+    that QAD fine-tunes. Weights symmetric per channel; activations per tensor in ``target``'s form (QAD_FORMS)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
 
     check_qad_targets((target,))
+    # NNCF compiles its CPU quantizer kernels on first use and gives up after 60 s; that compile took 30-58 s on
+    # a 2-core machine here, so a loaded machine would fail QAD for a timeout alone.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "900")
     fold_batchnorm(model, torch.from_numpy(batches[0][:2]))
     dataset = nncf.Dataset([torch.from_numpy(b) for b in batches])
     images = sum(len(b) for b in batches)
@@ -135,10 +135,27 @@ def prepare_qat(model: nn.Module, batches: list[np.ndarray], target: str = "onnx
     advanced = AdvancedQuantizationParameters(activations_quantization_params=QuantizationParameters(per_channel=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        qat = nncf.quantize(model, dataset, preset=getattr(nncf.QuantizationPreset, QAD_TARGETS[target]),
+        qat = nncf.quantize(model, dataset, preset=getattr(nncf.QuantizationPreset, PRESETS[QAD_FORMS[target]]),
                             subset_size=images, fast_bias_correction=True, advanced_parameters=advanced)  # fmt: skip
     exact_weight_ranges(qat)
+    if QAD_FORMS[target] == "s8s8":
+        force_signed_activations(qat)
     return qat
+
+
+def force_signed_activations(qat: nn.Module) -> int:
+    """Make every symmetric activation quantizer signed (int8, zero point 0), as TensorRT's form needs.
+
+    NNCF makes a quantizer of non-negative values (after a ReLU) unsigned and refuses ``signedness_to_force`` on
+    activations for every hardware configuration; switched after initialisation, the range [0, max] keeps its
+    upper end and takes 127 positive steps, exactly what symmetric INT8 PTQ gives a ReLU output."""
+    flipped = 0
+    for name, quantizer in qat.named_modules():
+        weight_port = name.rsplit("__", 1)[-1].startswith("1.")
+        if hasattr(quantizer, "signed") and not weight_port and not quantizer.signed:
+            quantizer.signed = True
+            flipped += 1
+    return flipped
 
 
 def exact_weight_ranges(qat: nn.Module) -> int:

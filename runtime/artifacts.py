@@ -36,6 +36,7 @@ KNOWN = {
     "openvino": ("OpenVINO FP32", "openvino", "fp32"),
     "int8_openvino": ("OpenVINO INT8 (NNCF)", "openvino", "int8"),
     "int8_onnxruntime_qad": ("ONNX Runtime INT8 U8S8, QAD", "onnxruntime", "int8"),
+    "int8_tensorrt_qad": ("TensorRT-form INT8 S8S8, QAD (in ONNX Runtime)", "onnxruntime", "int8"),
     "int8_openvino_qad": ("OpenVINO INT8, QAD", "openvino", "int8"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.

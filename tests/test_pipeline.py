@@ -116,10 +116,6 @@ def test_run_makes_every_artifact_then_skips_and_continues_after_a_kill(recipe: 
         ("bench.targets=[ort-cpu-1x]", "bench.targets[0]: unknown target 'ort-cpu-1x'. Did you mean"),
         ("bench.targets=[openvino-cpu]", "add 'openvino' to export.backends"),
         ("data.test=null", "data.test: `toolkit run` evaluates every artifact"),
-        (
-            ("export.recover=qad", "export.backends=[onnxruntime,tensorrt]"),
-            "export.recover: --recover qad --backend tensorrt",
-        ),
         (("export.recover=auto", "export.int8=false"), "export.recover: --recover auto: recovers INT8 accuracy"),
     ],
 )

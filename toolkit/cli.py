@@ -275,8 +275,8 @@ def export_(
         str,
         typer.Option(
             help="qad: also fine-tune a fake-quantized student by distillation from its FP32 self and export it "
-            "with every layer INT8 (model.int8.qad.onnx, model.int8.qad.openvino/); auto: only for a target whose "
-            "PTQ guard failed; none. Backends onnxruntime and openvino."
+            "with every layer INT8 (model.int8.qad.onnx, model.int8.qad.tensorrt.onnx, model.int8.qad.openvino/); "
+            "auto: only for a target whose PTQ guard failed; none."
         ),
     ] = "none",
     qad_epochs: Annotated[int, typer.Option(help="QAD fine-tuning epochs.")] = 1,

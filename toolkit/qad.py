@@ -29,7 +29,7 @@ from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
 from export.calibration import stratified_sample
 from export.guard import GuardReport
-from export.qad import export_qat_onnx, prepare_qat
+from export.qad import QAD_FORMS, export_qat_onnx, prepare_qat
 from export.qdq_form import form_differences, qdq_form
 from runtime.artifacts import file_entry
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
@@ -38,8 +38,10 @@ from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 from toolkit.recipe import Recipe
 
-QAD_FILES = {"onnxruntime": "model.int8.qad.onnx", "openvino": "model.int8.qad.openvino/model.xml"}
-QAD_KEYS = {"onnxruntime": "int8_onnxruntime_qad", "openvino": "int8_openvino_qad"}
+QAD_FILES = {"onnxruntime": "model.int8.qad.onnx", "tensorrt": "model.int8.qad.tensorrt.onnx",
+             "openvino": "model.int8.qad.openvino/model.xml"}  # fmt: skip
+QAD_KEYS = {"onnxruntime": "int8_onnxruntime_qad", "tensorrt": "int8_tensorrt_qad", "openvino": "int8_openvino_qad"}
+QAD_FOLDERS = {"u8s8": "qad", "s8s8": "qad-tensorrt"}  # checkpoints and metrics.jsonl of each form's fine-tuning
 RECOVER = ("none", "qad", "auto")
 # Default QAD learning rate as a fraction of the recipe's: the fake-quantized student starts at FP32 accuracy (exact
 # per-channel weight ranges) and has no BatchNorm left, so it takes only gentle steps. Measured on a Fashion-MNIST
@@ -70,9 +72,9 @@ def run_qad(
     epochs: int = 1, lr: float | None = None, images: int | None = None, temperature: float = 4.0,
     alpha: float = 0.9, tolerance_points: float = 0.5, resume: bool = False, console: Console,
 ) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune a fake-quantized copy of ``model`` and export it for ``targets``; returns the manifest entries.
-    ``resume`` continues an interrupted fine-tuning from RUN/qad/checkpoints (the quantizers are initialised the
-    same way again, then the checkpoint's weights, quantizer ranges and optimizer state are loaded)."""
+    """Fine-tune a fake-quantized copy of ``model`` per INT8 form the ``targets`` need and export it for each;
+    returns the manifest entries. ``resume`` continues an interrupted fine-tuning from its checkpoints (the
+    quantizers are initialised the same way again, then the checkpoint's weights, ranges and optimizer state load)."""
     t0 = time.perf_counter()
     base = recipe.train
     cfg = base.model_copy(update={
@@ -85,6 +87,7 @@ def run_qad(
     if images is not None and images < len(train_set):
         data = train_set.subset(stratified_sample(train_set.labels, images, recipe.seed))
     transform = eval_transform(contract)
+    section: dict[str, Any] = {}
     ctx = init_distributed(cfg.device)
     try:
         if ctx.world_size > 1:
@@ -94,70 +97,81 @@ def run_qad(
         model = model.eval()
         logits = teacher_views(model, data, transform, cfg.eval_batch_size)
         logits_s = time.perf_counter() - t0
-        qat = prepare_qat(copy.deepcopy(model), batches, targets[0])
         validate = classifier_validator(val_set, contract, cfg.eval_batch_size, ctx.device)
-        val_before = float(validate(qat)["val_top1"])
-        start = copy.deepcopy(qat.state_dict())
-        console.print(f"QAD: fake-quantized student, val top-1 {val_before:.4f} before fine-tuning; {epochs} epoch(s) "
-                      f"on {len(data)} images, lr {cfg.optimizer.lr:g}")  # fmt: skip
-        terms = (LossTerm("cls", const(1 - alpha), "CE with the label"),
-                 LossTerm("kd", const(alpha), "T^2 KL to the FP32 student (cached logits)"))  # fmt: skip
-        objective = CachedLogitsKD(qat, epochs, terms, {"temperature": temperature})
-        folder = run_dir / "qad"
-        engine = train(objective, FlipViews(data, transform, logits, recipe.seed), cfg, folder / "checkpoints",
-                       recipe.seed, ctx, stage="qad", validate=validate, resume=resume, console=console,
-                       on_epoch=lambda rows: write_metrics(folder / "metrics.jsonl", rows))  # fmt: skip
-        # Fine-tuning that ends below where it started (a learning rate too high) keeps the start: the quantizers
-        # initialised on calibration data, like PTQ. Selection among epochs is the engine's (train.select).
-        kept_start = engine.best_val_top1 is not None and engine.best_val_top1 < val_before
-        qat.load_state_dict(start if kept_start else engine.weights)
-        if kept_start:
-            console.print(f"QAD: fine-tuning ended at val top-1 {engine.best_val_top1:.4f}, below the start "
-                          f"({val_before:.4f}): kept the start; try a lower --qad-lr")  # fmt: skip
+        for form in dict.fromkeys(QAD_FORMS[t] for t in targets):
+            wanted = tuple(t for t in targets if QAD_FORMS[t] == form)
+            t1 = time.perf_counter()
+            qat = prepare_qat(copy.deepcopy(model), batches, wanted[0])
+            val_before = float(validate(qat)["val_top1"])
+            start = copy.deepcopy(qat.state_dict())
+            console.print(f"QAD ({form.upper()} form): fake-quantized student, val top-1 {val_before:.4f} before "
+                          f"fine-tuning; {epochs} epoch(s) on {len(data)} images, lr {cfg.optimizer.lr:g}")  # fmt: skip
+            terms = (LossTerm("cls", const(1 - alpha), "CE with the label"),
+                     LossTerm("kd", const(alpha), "T^2 KL to the FP32 student (cached logits)"))  # fmt: skip
+            objective = CachedLogitsKD(qat, epochs, terms, {"temperature": temperature})
+            folder = run_dir / QAD_FOLDERS[form]
+            engine = train(objective, FlipViews(data, transform, logits, recipe.seed), cfg, folder / "checkpoints",
+                           recipe.seed, ctx, stage="qad", validate=validate, resume=resume, console=console,
+                           on_epoch=lambda rows, f=folder: write_metrics(f / "metrics.jsonl", rows))  # fmt: skip
+            # Fine-tuning that ends below where it started (a learning rate too high) keeps the start: the
+            # quantizers initialised on calibration data, like PTQ. Selection among epochs is the engine's.
+            kept_start = engine.best_val_top1 is not None and engine.best_val_top1 < val_before
+            qat.load_state_dict(start if kept_start else engine.weights)
+            if kept_start:
+                console.print(f"QAD: fine-tuning ended at val top-1 {engine.best_val_top1:.4f}, below the start "
+                              f"({val_before:.4f}): kept the start; try a lower --qad-lr")  # fmt: skip
+            info = {"form": form, "epochs": epochs, "lr": cfg.optimizer.lr, "images": len(data),
+                    "temperature": temperature, "alpha": alpha, "library": "nncf",
+                    "teacher": "the FP32 student (logits cached per image and flip)",
+                    "val_top1_before": val_before, "val_top1_after": engine.best_val_top1, "kept_start": kept_start,
+                    "teacher_logits_s": round(logits_s, 1), "train_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
+            for target in wanted:
+                section[QAD_KEYS[target]] = _export(qat.eval(), target, info, run_dir, contract, held_out, fp32_top1,
+                                                    tolerance_points, cfg.eval_batch_size, console)  # fmt: skip
     finally:
         shutdown_distributed()
-    train_s = time.perf_counter() - t0
-    qat.eval()
-    trained = predict_logits(qat, held_out, contract, cfg.eval_batch_size).argmax(1)
-    info = {"epochs": epochs, "lr": cfg.optimizer.lr, "images": len(data), "temperature": temperature, "alpha": alpha,
-            "teacher": "the FP32 student (logits cached per image and flip)", "library": "nncf",
-            "val_top1_before": val_before, "val_top1_after": engine.best_val_top1, "kept_start": kept_start,
-            "teacher_logits_s": round(logits_s, 1), "train_s": round(train_s, 1)}  # fmt: skip
-
-    onnx_path = run_dir / QAD_FILES["onnxruntime"]
-    export_qat_onnx(qat, contract, onnx_path)
-    section: dict[str, Any] = {}
-    for target in targets:
-        if target == "onnxruntime":
-            path, classifier = onnx_path, OnnxClassifier(onnx_path)
-        else:
-            from export.openvino_export import onnx_to_openvino
-
-            path = run_dir / QAD_FILES["openvino"]
-            with tempfile.TemporaryDirectory() as tmp:  # float biases: OpenVINO adds them in float
-                onnx_to_openvino(export_qat_onnx(qat, contract, Path(tmp) / "qad.onnx", int32_bias=False), path,
-                                 contract)  # fmt: skip
-            classifier = OpenVinoClassifier(path)
-        logits_q = classifier.predict(held_out)
-        report = GuardReport(tolerance_points, fp32_top1, float((logits_q.argmax(1) == held_out.labels).mean()))
-        agreement = float((logits_q.argmax(1) == trained).mean())
-        entry = {**file_entry(path), "format": f"{QAD_FORMATS[target]}, quantization-aware distillation (NNCF)",
-                 "guard": report.to_dict(), "agreement_with_trained_model": agreement, "qad": info}  # fmt: skip
-        if target == "onnxruntime":
-            entry["form"] = form = qdq_form(onnx.load(str(path)))
-            entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / "model.int8.onnx")
-        section[QAD_KEYS[target]] = entry
-        console.print(f"{QAD_FILES[target]}: {'PASS' if report.passed else 'FAIL'} top-1 {report.int8_top1:.4f} vs "
-                      f"FP32 {fp32_top1:.4f} (drop {report.drop_points:.2f} points, tolerance {tolerance_points}), "
-                      "all layers INT8; agrees with the fine-tuned model on "
-                      f"{100 * entry['agreement_with_trained_model']:.1f}% of {len(held_out)} images")  # fmt: skip
     return section
+
+
+def _export(
+    qat: nn.Module, target: str, info: dict[str, Any], run_dir: Path, contract: PreprocessContract,
+    held_out: Dataset, fp32_top1: float, tolerance_points: float, batch_size: int, console: Console,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``target``'s QAD artifact, guard it, check its form against PTQ's file; its manifest entry."""
+    path = run_dir / QAD_FILES[target]
+    if target == "openvino":
+        from export.openvino_export import onnx_to_openvino
+
+        with tempfile.TemporaryDirectory() as tmp:  # float biases: OpenVINO adds them in float
+            onnx_to_openvino(export_qat_onnx(qat, contract, Path(tmp) / "qad.onnx", int32_bias=False), path,
+                             contract)  # fmt: skip
+        classifier: OnnxClassifier | OpenVinoClassifier = OpenVinoClassifier(path)
+    else:  # ONNX Runtime's kernels need int32 biases; TensorRT's form keeps them in float, as its PTQ does
+        export_qat_onnx(qat, contract, path, int32_bias=target == "onnxruntime")
+        classifier = OnnxClassifier(path)
+    trained = predict_logits(qat, held_out, contract, batch_size).argmax(1)
+    logits = classifier.predict(held_out)
+    report = GuardReport(tolerance_points, fp32_top1, float((logits.argmax(1) == held_out.labels).mean()))
+    agreement = float((logits.argmax(1) == trained).mean())
+    entry = {**file_entry(path), "format": f"{QAD_FORMATS[target]}, quantization-aware distillation (NNCF)",
+             "guard": report.to_dict(), "agreement_with_trained_model": agreement, "qad": info}  # fmt: skip
+    if target in PTQ_FILES:
+        entry["form"] = form = qdq_form(onnx.load(str(path)))
+        entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / PTQ_FILES[target])
+    verdict = "PASS" if report.passed else "FAIL"
+    console.print(f"{QAD_FILES[target]}: {verdict} top-1 {report.int8_top1:.4f} vs FP32 {fp32_top1:.4f} (drop "
+                  f"{report.drop_points:.2f} points, tolerance {tolerance_points}), all layers INT8; agrees with the "
+                  f"fine-tuned model on {100 * agreement:.1f}% of {len(held_out)} images")  # fmt: skip
+    return entry
 
 
 QAD_FORMATS = {
     "onnxruntime": "QDQ U8S8, per-channel weights, int32 bias",
+    "tensorrt": "QDQ S8S8 symmetric, per-channel weights, float bias (TensorRT explicit quantization)",
     "openvino": "OpenVINO IR from the QAD QDQ graph, float bias",
 }
+# The PTQ file of the same form, which a QAD file's Q/DQ form must match.
+PTQ_FILES = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8.tensorrt.onnx"}
 
 
 def _compare_with_ptq(path: Path, form: dict[str, Any], ptq_path: Path) -> list[str]:
