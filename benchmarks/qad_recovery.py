@@ -42,7 +42,7 @@ def measure(
     """Export the trained run with PTQ (guarded) and QAD; rows of the table for it."""
     recipe = load_recipe(run / "config.yaml")
     t0 = time.perf_counter()
-    section = run_export(run, int8=True, targets=("onnxruntime", "openvino"), calib_size=args.calib_size,
+    section = run_export(run, int8=True, targets=("onnxruntime", "tensorrt", "openvino"), calib_size=args.calib_size,
                          tolerance_points=args.tolerance, max_float_layers=args.max_float_layers, allow_fail=True,
                          recover="qad", qad_epochs=args.qad_epochs, qad_images=args.qad_images,
                          held_out_images=args.held_out, console=quiet)  # fmt: skip
@@ -52,6 +52,7 @@ def measure(
     batches = calibration_batches(splits.train, OnnxClassifier(run / "model.onnx").contract, args.calib_size,
                                   recipe.seed)  # fmt: skip
     quantize(run / "model.onnx", run / "ptq_all_int8.onnx", "onnxruntime", batches, "minmax")
+    quantize(run / "model.onnx", run / "ptq_all_int8.tensorrt.onnx", "tensorrt", batches, "minmax")
     test = load_image_folder(test_root)  # sorted class folders: the training split's order
     assert tuple(test.class_names) == tuple(contract_names)
     files = {
@@ -62,6 +63,9 @@ def measure(
         "OpenVINO FP32": "model.openvino/model.xml",
         "OpenVINO PTQ (NNCF)": "model.int8.openvino/model.xml",
         "OpenVINO QAD": "model.int8.qad.openvino/model.xml",
+        "TensorRT form PTQ, all layers INT8": "ptq_all_int8.tensorrt.onnx",
+        "TensorRT form PTQ + guard's float fallback": "model.int8.tensorrt.onnx",
+        "TensorRT form QAD, all layers INT8": "model.int8.qad.tensorrt.onnx",
     }
     sessions = {k: (OnnxClassifier if f.endswith(".onnx") else OpenVinoClassifier)(run / f, threads=1)
                 for k, f in files.items()}  # fmt: skip
@@ -73,13 +77,19 @@ def measure(
     qad = section["int8_onnxruntime_qad"]
     kept = section["int8_onnxruntime"]["guard"]["kept_in_float"]
     ov_kept = section["int8_openvino"]["guard"]["kept_in_float"]
+    trt_kept = section["int8_tensorrt"]["guard"]["kept_in_float"]
+    trt_cost = section["int8_tensorrt_qad"]["qad"]["train_s"]
     cost = f"QAD {qad['qad']['train_s']:.0f} s ({qad['qad']['epochs']} epoch(s), {qad['qad']['images']} images)"
     rows = []
     for k in files:
         extra = {"ONNX Runtime PTQ + guard's float fallback": f"{len(kept)} layer(s) in float",
                  "OpenVINO PTQ (NNCF)": f"{len(ov_kept)} layer(s) in float (accuracy control)",
                  "ONNX Runtime QAD, all layers INT8": cost,
-                 "OpenVINO QAD": "the same QAD model, float biases"}.get(k, "-")  # fmt: skip
+                 "OpenVINO QAD": "the same QAD model, float biases",
+                 "TensorRT form PTQ, all layers INT8": "S8S8 in ONNX Runtime's CPU kernels: latency not TensorRT's",
+                 "TensorRT form PTQ + guard's float fallback": f"{len(trt_kept)} layer(s) in float",
+                 "TensorRT form QAD, all layers INT8": f"QAD {trt_cost:.0f} s, its own fine-tuning",
+                 }.get(k, "-")  # fmt: skip
         drop = 100 * (top1["ONNX Runtime FP32"] - top1[k])
         agreement = 100 * float((logits[k].argmax(1) == fp32_pred).mean())
         rows.append([k, f"{100 * top1[k]:.2f}", f"{drop:.2f}", f"{agreement:.2f}", f"{latency[k]:.3f}", extra])
@@ -91,6 +101,7 @@ def measure(
         else float("nan")
     )
     ov = {k: 100 * (top1["OpenVINO FP32"] - top1[k]) for k in ("OpenVINO PTQ (NNCF)", "OpenVINO QAD")}
+    ov |= {k: 100 * (top1["ONNX Runtime FP32"] - top1[k]) for k in files if k.startswith("TensorRT form")}
     print(json.dumps({"top1": top1, "recovered_share": recovered, "export_s": export_s}), file=sys.stderr)
     return rows, (recovered, ov)
 
@@ -119,7 +130,8 @@ def main() -> None:
     lines = [f"# QAD vs PTQ on Fashion-MNIST ({args.per_class}/class train, {args.test_per_class}/class test)", "",
              f"Machine: {cpu.get('model')} ({platform.machine()}), ISA flags: {flags}; torch {torch.__version__}. "
              f"Students trained {args.epochs} epochs at {args.size} px by `toolkit train`; INT8 in ONNX Runtime's "
-             "U8S8 Q/DQ form and OpenVINO (NNCF PTQ with its accuracy control), "
+             "U8S8 Q/DQ form, TensorRT's S8S8 form (run by ONNX Runtime's CPU kernels here) and OpenVINO "
+             "(NNCF PTQ with its accuracy control), "
              f"{args.calib_size} calibration images (minmax); guard tolerance {args.tolerance} "
              f"points on {args.held_out} validation images; QAD {args.qad_epochs} epoch(s), KD from the FP32 "
              f"student's cached logits. Latency: batch 1, 1 thread, {args.size} px, median of "
@@ -143,7 +155,9 @@ def main() -> None:
                    if share == share else "ONNX Runtime PTQ loses under a point: nothing to recover")  # fmt: skip
             summary.append(f"{student}: {ort}; OpenVINO: PTQ (accuracy control) drops "
                            f"{ov['OpenVINO PTQ (NNCF)']:.2f} points, QAD (every layer INT8) "
-                           f"{ov['OpenVINO QAD']:.2f}")  # fmt: skip
+                           f"{ov['OpenVINO QAD']:.2f}; TensorRT form: PTQ all INT8 "
+                           f"{ov['TensorRT form PTQ, all layers INT8']:.2f}, QAD all INT8 "
+                           f"{ov['TensorRT form QAD, all layers INT8']:.2f}")  # fmt: skip
             print(f"{student}: {time.perf_counter() - t0:.0f}s", flush=True)
     lines += ["", *summary, "", "Reproduce: `python benchmarks/qad_recovery.py --students " + " ".join(args.students)
               + f" --epochs {args.epochs} --qad-epochs {args.qad_epochs}`"]  # fmt: skip

@@ -27,7 +27,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from export.onnx_export import FORMAT, OPSET, set_metadata
 from export.qdq_form import fold_weight_quantizers, quantize_biases
 from runtime.atomic import atomic_path
-from runtime.classifier import META_FORMAT, META_PREPROCESS
+from runtime.classifier import META_FORMAT, META_INT8_TARGET, META_PREPROCESS
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 
@@ -188,8 +188,9 @@ def exact_weight_ranges(qat: nn.Module) -> int:
 
 
 def export_qat_onnx(
-    model: nn.Module, contract: PreprocessContract, path: str | os.PathLike[str], int32_bias: bool = True
-) -> Path:
+    model: nn.Module, contract: PreprocessContract, path: str | os.PathLike[str], int32_bias: bool = True,
+    target: str = "onnxruntime",
+) -> Path:  # fmt: skip
     """The fake-quantized student -> Q/DQ ONNX at ``path`` (atomically): int8 weights (and int32 biases) stored as
     PTQ stores them, dynamic batch, the preprocessing contract in the metadata.
 
@@ -223,7 +224,8 @@ def export_qat_onnx(
         fold_weight_quantizers(proto)
         if int32_bias:
             quantize_biases(proto)
-        set_metadata(proto, {META_PREPROCESS: contract.to_json(), META_FORMAT: FORMAT})
+        set_metadata(proto, {META_PREPROCESS: contract.to_json(), META_FORMAT: FORMAT, META_INT8_TARGET: target,
+                             "toolkit.calibration": "quantization-aware distillation"})  # fmt: skip
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
     return path

@@ -22,6 +22,7 @@ from export.calibration import BatchReader
 from export.onnx_export import set_metadata
 from export.qdq_form import keep_inputs_float
 from runtime.atomic import atomic_path
+from runtime.classifier import META_INT8_TARGET
 from runtime.errors import ToolkitError, did_you_mean
 
 CALIBRATION_METHODS = {
@@ -97,7 +98,7 @@ def quantize(
             proto = onnx.load(str(tmp))
             if nodes_to_exclude:
                 keep_inputs_float(proto, set(nodes_to_exclude))
-            set_metadata(proto, metadata | {"toolkit.int8_target": target, "toolkit.calibration": method})
+            set_metadata(proto, metadata | {META_INT8_TARGET: target, "toolkit.calibration": method})
             onnx.save(proto, str(tmp))
     return out_path
 

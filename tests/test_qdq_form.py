@@ -146,24 +146,48 @@ def test_layers_behind_maxpool_count_as_quantized() -> None:
     assert qdq_form(proto)["float_ops"] == ["conv"]
 
 
-def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path: Path) -> None:
-    """Regression: ONNX Runtime's WeightBiasQuantization optimisation re-quantized a guard-excluded depthwise
-    convolution per tensor at load time; with a dead channel of large weights (as BatchNorm folding leaves them)
-    a trained MobileNetV2 fell to chance in every fallback attempt."""
+def _dead_channel_net():
     import torch
-
-    from export.onnx_export import export_onnx
-    from runtime.preprocess import PreprocessContract
 
     torch.manual_seed(0)
     nn = torch.nn
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU6(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
-                        nn.ReLU6(), nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()  # fmt: skip
+                        nn.ReLU6(), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 3, 1), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten()).eval()  # fmt: skip
     with torch.no_grad():
         net[0].weight[0], net[0].bias[0] = 0.0, -1.0  # channel 0 is dead after ReLU6 ...
-        net[2].weight[0] = 1e4  # ... so its depthwise weights are unconstrained
+        net[2].weight[0], net[2].bias[0] = 1e4, -1.0  # ... so its depthwise weights are unconstrained
+        net[4].weight[0, 0], net[4].bias[0] = 1e4, 0.5  # a linear layer's channel reading it: coarse bias grid
+    return net
+
+
+def test_tensorrt_form_runs_as_written_in_onnx_runtime(tmp_path: Path) -> None:
+    """Regression: ONNX Runtime's WeightBiasQuantization quantized the float biases of TensorRT's form when a
+    session loaded, and a MobileNetV2's S8S8 file agreed with its own graph on 64% of images."""
+    from export.onnx_export import export_onnx
+    from runtime.classifier import OnnxClassifier
+    from runtime.preprocess import PreprocessContract
+
     contract = PreprocessContract(input_size=(8, 8), resize_size=8, class_names=("a", "b", "c"))
-    fp32 = export_onnx(net, contract, tmp_path / "fp32.onnx")
+    fp32 = export_onnx(_dead_channel_net(), contract, tmp_path / "fp32.onnx")
+    batches = [np.random.default_rng(6).standard_normal((8, 3, 8, 8)).astype(np.float32)]
+    trt = quantize(fp32, tmp_path / "trt.onnx", "tensorrt", batches)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    as_written = ort.InferenceSession(str(trt), options).run(None, {"input": batches[0]})[0]
+    np.testing.assert_allclose(OnnxClassifier(trt).run(batches[0]), as_written, rtol=1e-3, atol=1e-3)
+
+
+def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path: Path) -> None:
+    """Regression: ONNX Runtime's WeightBiasQuantization optimisation re-quantized a guard-excluded depthwise
+    convolution per tensor at load time; with a dead channel of large weights (as BatchNorm folding leaves them)
+    a trained MobileNetV2 fell to chance in every fallback attempt."""
+
+    from export.onnx_export import export_onnx
+    from runtime.preprocess import PreprocessContract
+
+    contract = PreprocessContract(input_size=(8, 8), resize_size=8, class_names=("a", "b", "c"))
+    fp32 = export_onnx(_dead_channel_net(), contract, tmp_path / "fp32.onnx")
     batches = [np.random.default_rng(5).standard_normal((8, 3, 8, 8)).astype(np.float32)]
     quantize(fp32, tmp_path / "full.onnx", "onnxruntime", batches)
     depthwise = [n.name for n in onnx.load(str(tmp_path / "full.onnx")).graph.node if n.op_type == "Conv"][1]

@@ -147,7 +147,7 @@ def _export(
                              contract)  # fmt: skip
         classifier: OnnxClassifier | OpenVinoClassifier = OpenVinoClassifier(path)
     else:  # ONNX Runtime's kernels need int32 biases; TensorRT's form keeps them in float, as its PTQ does
-        export_qat_onnx(qat, contract, path, int32_bias=target == "onnxruntime")
+        export_qat_onnx(qat, contract, path, int32_bias=target == "onnxruntime", target=target)
         classifier = OnnxClassifier(path)
     trained = predict_logits(qat, held_out, contract, batch_size).argmax(1)
     logits = classifier.predict(held_out)
