@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from timm.layers import BatchNormAct2d
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -53,14 +54,12 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
     model.eval()
     outputs: dict[int, nn.Conv2d] = {}
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
-    seen_inputs: dict[int, int] = {}
 
     def after_conv(module: nn.Module, _args: Any, out: torch.Tensor) -> None:
         outputs[id(out)] = module  # type: ignore[assignment]
         kept.append(out)  # keep the tensor alive so its id is not reused during the pass
 
     def before_norm(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        seen_inputs[id(args[0])] = seen_inputs.get(id(args[0]), 0) + 1
         conv = outputs.get(id(args[0]))
         if conv is not None and type(module) in _NORMS:
             pairs.append((conv, module))  # type: ignore[arg-type]
@@ -98,18 +97,8 @@ def _after_norm(norm: nn.Module) -> nn.Module:
     return nn.Sequential(norm.drop, norm.act)  # type: ignore[arg-type]
 
 
-def _norm_types() -> dict[type, Any]:
-    norms: dict[type, Any] = {nn.BatchNorm2d: lambda _n: nn.Identity()}
-    try:
-        from timm.layers import BatchNormAct2d
-
-        norms[BatchNormAct2d] = _after_norm
-    except ImportError:  # timm is a train dependency; without it only torch's BatchNorm2d exists
-        pass
-    return norms
-
-
-_NORMS = _norm_types()
+# Norms folded away, and what stays of each: nothing, or the activation timm's BatchNormAct2d carries.
+_NORMS: dict[type, Any] = {nn.BatchNorm2d: lambda _n: nn.Identity(), BatchNormAct2d: _after_norm}
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

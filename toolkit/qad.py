@@ -29,7 +29,7 @@ from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
 from export.calibration import stratified_sample
 from export.guard import GuardReport
-from export.qad import QAD_FORMS, export_qat_onnx, prepare_qat
+from export.qad import QAD_FORMS, check_qad_targets, export_qat_onnx, prepare_qat
 from export.qdq_form import form_differences, qdq_form
 from runtime.artifacts import file_entry
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
@@ -51,8 +51,6 @@ LR_FACTOR = 1e-3
 
 def check_recover(recover: str, int8: bool, targets: tuple[str, ...], epochs: int, images: int | None) -> None:
     """Bad QAD settings: an error naming the value, before anything exports or trains."""
-    from export.qad import check_qad_targets
-
     if recover not in RECOVER:
         raise ToolkitError(f"--recover {recover!r} is not one of {RECOVER}")
     if recover == "none":
@@ -125,9 +123,11 @@ def run_qad(
                     "teacher": "the FP32 student (logits cached per image and flip)",
                     "val_top1_before": val_before, "val_top1_after": engine.best_val_top1, "kept_start": kept_start,
                     "teacher_logits_s": round(logits_s, 1), "train_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
+            # The fine-tuned model's own predictions, once per form: each artifact's agreement is measured on them.
+            trained = predict_logits(qat.eval(), held_out, contract, cfg.eval_batch_size).argmax(1)
             for target in wanted:
-                section[QAD_KEYS[target]] = _export(qat.eval(), target, info, run_dir, contract, held_out, fp32_top1,
-                                                    tolerance_points, cfg.eval_batch_size, console)  # fmt: skip
+                section[QAD_KEYS[target]] = _export(qat, target, info, run_dir, contract, held_out, trained, fp32_top1,
+                                                    tolerance_points, console)  # fmt: skip
     finally:
         shutdown_distributed()
     return section
@@ -135,7 +135,7 @@ def run_qad(
 
 def _export(
     qat: nn.Module, target: str, info: dict[str, Any], run_dir: Path, contract: PreprocessContract,
-    held_out: Dataset, fp32_top1: float, tolerance_points: float, batch_size: int, console: Console,
+    held_out: Dataset, trained: np.ndarray, fp32_top1: float, tolerance_points: float, console: Console,
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``target``'s QAD artifact, guard it, check its form against PTQ's file; its manifest entry."""
     path = run_dir / QAD_FILES[target]
@@ -149,7 +149,6 @@ def _export(
     else:  # ONNX Runtime's kernels need int32 biases; TensorRT's form keeps them in float, as its PTQ does
         export_qat_onnx(qat, contract, path, int32_bias=target == "onnxruntime", target=target)
         classifier = OnnxClassifier(path)
-    trained = predict_logits(qat, held_out, contract, batch_size).argmax(1)
     logits = classifier.predict(held_out)
     report = GuardReport(tolerance_points, fp32_top1, float((logits.argmax(1) == held_out.labels).mean()))
     agreement = float((logits.argmax(1) == trained).mean())
