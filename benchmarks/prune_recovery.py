@@ -46,9 +46,9 @@ def write_subset(split: str, per_class: int, folder: Path) -> Path:
     return folder
 
 
-def recipe_file(path: Path, student: str, train: Path, test: Path, epochs: int, size: int) -> Path:
+def recipe_file(path: Path, student: str, train: Path, test: Path, epochs: int, size: int, seed: int = 0) -> Path:
     recipe = {
-        "name": f"prune-{student}", "seed": 0,
+        "name": f"prune-{student}", "seed": seed,
         "data": {"train": {"kind": "imagefolder", "path": str(train)},
                  "test": {"kind": "imagefolder", "path": str(test)}, "val_fraction": 0.1},
         "preprocess": {"input_size": size, "resize_size": size, "mean": [0.286] * 3, "std": [0.353] * 3},

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -35,10 +36,18 @@ from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.splits import recipe_splits  # noqa: E402
 from toolkit.training import run_train  # noqa: E402
 
+# Per INT8 form: its FP32 reference, all-INT8 PTQ and all-INT8 QAD rows.
+FORMS = {
+    "ONNX Runtime U8S8": ("ONNX Runtime FP32", "ONNX Runtime PTQ, all layers INT8",
+                          "ONNX Runtime QAD, all layers INT8"),
+    "TensorRT S8S8": ("ONNX Runtime FP32", "TensorRT form PTQ, all layers INT8", "TensorRT form QAD, all layers INT8"),
+    "OpenVINO": ("OpenVINO FP32", "OpenVINO PTQ (NNCF)", "OpenVINO QAD"),
+}  # fmt: skip
+
 
 def measure(
     run: Path, test_root: Path, args: argparse.Namespace, quiet: Console
-) -> tuple[list[list[str]], tuple[float, dict[str, float]]]:
+) -> tuple[list[list[str]], tuple[float, dict[str, float]], dict[str, float]]:
     """Export the trained run with PTQ (guarded) and QAD; rows of the table for it."""
     recipe = load_recipe(run / "config.yaml")
     t0 = time.perf_counter()
@@ -103,7 +112,23 @@ def measure(
     ov = {k: 100 * (top1["OpenVINO FP32"] - top1[k]) for k in ("OpenVINO PTQ (NNCF)", "OpenVINO QAD")}
     ov |= {k: 100 * (top1["ONNX Runtime FP32"] - top1[k]) for k in files if k.startswith("TensorRT form")}
     print(json.dumps({"top1": top1, "recovered_share": recovered, "export_s": export_s}), file=sys.stderr)
-    return rows, (recovered, ov)
+    return rows, (recovered, ov), top1
+
+
+def seed_table(results: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Per student and INT8 form, over the seeds: PTQ (all INT8) and QAD drops, mean +- std, and the share of
+    the PTQ drop QAD recovers (from the mean drops)."""
+    lines = ["| student | form | seeds | PTQ all-INT8 drop (pts) | QAD all-INT8 drop (pts) | recovered |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for student, runs in results.items():
+        for form, (ref, ptq, qad) in FORMS.items():
+            ptq_drops = np.array([100 * (t[ref] - t[ptq]) for t in runs])
+            qad_drops = np.array([100 * (t[ref] - t[qad]) for t in runs])
+            share = (ptq_drops.mean() - qad_drops.mean()) / ptq_drops.mean() if ptq_drops.mean() >= 1 else None
+            lines.append(f"| {student} | {form} | {len(runs)} | {ptq_drops.mean():.2f} +- {ptq_drops.std():.2f} | "
+                         f"{qad_drops.mean():.2f} +- {qad_drops.std():.2f} | "
+                         + (f"{100 * share:.0f}%" if share is not None else "PTQ drop < 1 pt") + " |")  # fmt: skip
+    return lines
 
 
 def main() -> None:
@@ -121,6 +146,7 @@ def main() -> None:
     ap.add_argument("--qad-images", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="a student trained (and QAD run) per seed")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--work", type=Path, help="keep the runs in this folder (default: a temporary one, removed)")
     args = ap.parse_args()
@@ -139,16 +165,24 @@ def main() -> None:
              "| student | model | test top-1 (%) | drop vs FP32 (pts) | agreement with FP32 (%) | p50 ms | notes |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     summary = []
+    results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         train = write_subset("train", args.per_class, work / "train")
         test = write_subset("test", args.test_per_class, work / "test")
         for student in args.students:
+            for seed in args.seeds[1:]:  # the extra seeds: accuracy only, for the table across seeds
+                recipe = recipe_file(work / f"{student}-{seed}.yaml", student, train, test, args.epochs, args.size,
+                                     seed)  # fmt: skip
+                run_train(load_recipe(recipe), work / f"{student}-{seed}", resume=False, force=True, console=quiet)
+                results.setdefault(student, []).append(measure(work / f"{student}-{seed}", test, args, quiet)[2])
             t0 = time.perf_counter()
-            recipe = recipe_file(work / f"{student}.yaml", student, train, test, args.epochs, args.size)
+            recipe = recipe_file(work / f"{student}.yaml", student, train, test, args.epochs, args.size,
+                                 args.seeds[0])  # fmt: skip
             run = work / student
             run_train(load_recipe(recipe), run, resume=False, force=True, console=quiet)
-            rows, recovered = measure(run, test, args, quiet)
+            rows, recovered, top1 = measure(run, test, args, quiet)
+            results.setdefault(student, []).insert(0, top1)
             lines += [f"| {student} | " + " | ".join(r) + " |" for r in rows]
             share, ov = recovered
             ort = (f"ONNX Runtime QAD (every layer INT8) recovers {100 * share:.0f}% of the all-INT8 PTQ drop"
@@ -159,8 +193,14 @@ def main() -> None:
                            f"{ov['TensorRT form PTQ, all layers INT8']:.2f}, QAD all INT8 "
                            f"{ov['TensorRT form QAD, all layers INT8']:.2f}")  # fmt: skip
             print(f"{student}: {time.perf_counter() - t0:.0f}s", flush=True)
-    lines += ["", *summary, "", "Reproduce: `python benchmarks/qad_recovery.py --students " + " ".join(args.students)
-              + f" --epochs {args.epochs} --qad-epochs {args.qad_epochs}`"]  # fmt: skip
+    lines += ["", *summary]
+    if len(args.seeds) > 1:
+        seeds = ", ".join(map(str, args.seeds))
+        lines += ["", f"Across seeds {seeds} (each its own split, student and QAD; the table above is the first "
+                  "seed; +- is the standard deviation over seeds):", "", *seed_table(results)]  # fmt: skip
+    lines += ["", "Reproduce: `python benchmarks/qad_recovery.py --students " + " ".join(args.students)
+              + f" --epochs {args.epochs} --qad-epochs {args.qad_epochs} --seeds "
+              + " ".join(map(str, args.seeds)) + "`"]  # fmt: skip
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -114,9 +114,11 @@ def quantize_biases(proto: onnx.ModelProto) -> int:
         if not (_is_dq(act) and _is_dq(weight)) or act.input[1] not in values or weight.input[1] not in values:
             continue
         bias = values[node.input[2]].astype(np.float32)
-        scale = (values[act.input[1]].astype(np.float32).reshape(()) * values[weight.input[1]]).astype(np.float32)
+        input_scale = values[act.input[1]].astype(np.float32).reshape(())
+        weight_scale = _bias_fitting_weight_scale(graph, weight, values, names, bias, input_scale)
+        scale = (input_scale * weight_scale).astype(np.float32)
         scale = np.broadcast_to(scale, bias.shape).copy() if scale.size > 1 else scale.reshape(())
-        scale[scale == 0] = 1.0  # a channel whose weights are all zero: any scale stores its bias (0 would divide)
+        scale[scale == 0] = 1.0  # all-zero weights and bias: any scale stores it (0 would divide)
         q = quantize_array(bias, scale, np.zeros(scale.shape, np.int32), axis=0)
         base = node.input[2]
         q_name, s_name, z_name, out = (_unique(f"{base}_{s}", names) for s in ("quantized", "scale", "zero_point",
@@ -131,6 +133,40 @@ def quantize_biases(proto: onnx.ModelProto) -> int:
         graph.node.insert(index + offset, dq)
     remove_unused(graph)
     return count
+
+
+# A bias may use at most this share of the int32 range (ONNX Runtime's quantizer leaves headroom likewise).
+BIAS_RANGE_SHARE = 0.5
+
+
+def _bias_fitting_weight_scale(
+    graph: onnx.GraphProto, weight_dq: onnx.NodeProto, values: dict[str, np.ndarray], names: set[str],
+    bias: np.ndarray, input_scale: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """The weight scale at which ``bias`` fits int32 at input scale x weight scale, widened where it would not.
+
+    A channel whose weights are (near) zero has a (near) zero weight scale, and its bias at that scale overflows
+    int32 and saturates (a MobileNetV2 whose dead channels were zeroed fell from 72% to 50%). Such a channel's
+    scale is raised until its bias fits; its int8 weights are requantized to the new scale (zeros stay zero), as
+    ONNX Runtime's quantizer does (``_adjust_weight_scale_for_int32_bias``)."""
+    scale = values[weight_dq.input[1]].astype(np.float32)
+    limit = BIAS_RANGE_SHARE * float(np.iinfo(np.int32).max)
+    needed = (np.abs(bias) / (float(input_scale) * limit)).astype(np.float32)
+    needed = needed.reshape(scale.shape) if scale.size > 1 else needed.max(initial=0.0).reshape(scale.shape)
+    if not np.any(needed > scale) or weight_dq.input[0] not in values:
+        return scale
+    quantized = values[weight_dq.input[0]]
+    zero_point = values[weight_dq.input[2]] if len(weight_dq.input) > 2 else np.zeros((), quantized.dtype)
+    if np.any(zero_point != 0):
+        return scale  # symmetric weights only (every form we write)
+    wider = np.maximum(scale, needed)
+    axis = _axis(weight_dq) if scale.size > 1 else 0
+    requantized = quantize_array(quantized.astype(np.float32) * _broadcast(scale / wider, quantized.ndim, axis),
+                                 np.ones_like(wider), zero_point.astype(quantized.dtype), axis)  # fmt: skip
+    w_name, s_name = (_unique(f"{weight_dq.input[0]}_{k}", names) for k in ("widened", "widened_scale"))
+    graph.initializer.extend([numpy_helper.from_array(requantized, w_name), numpy_helper.from_array(wider, s_name)])
+    weight_dq.input[0], weight_dq.input[1] = w_name, s_name
+    return wider
 
 
 def _is_dq(node: onnx.NodeProto | None) -> bool:

@@ -7,6 +7,7 @@ why and the QDQ model stays the deliverable (build it on the device, e.g. trtexe
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def engine_filename(gpu_name: str) -> str:
-    """model.<gpu>.engine: an engine only runs on the GPU model (and TensorRT version) it was built for."""
+def engine_filename(gpu_name: str, stem: str = "model") -> str:
+    """<stem>.<gpu>.engine: an engine only runs on the GPU model (and TensorRT version) it was built for; the
+    stem tells engines of different Q/DQ files apart (model: PTQ's, model.qad: QAD's)."""
     slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
-    return f"model.{slug}.engine"
+    return f"{stem}.{slug}.engine"
 
 
 def profile_shapes(contract: PreprocessContract, opt_batch: int, max_batch: int) -> tuple[tuple, tuple, tuple]:
@@ -61,6 +63,7 @@ def build_engine(
     opt_batch: int = 8,
     max_batch: int = 64,
     workspace_bytes: int = 1 << 30,
+    stem: str = "model",
 ) -> dict[str, Any]:
     """Parse the QDQ model, build an INT8 (+FP16 fallback) engine, save it and the timing cache."""
     reason = unavailable_reason()
@@ -89,7 +92,7 @@ def build_engine(
     if serialized is None:
         raise ToolkitError(f"{qdq_onnx}: TensorRT failed to build an engine (see its log above)")
     gpu = torch.cuda.get_device_name()
-    engine = out_dir / engine_filename(gpu)
+    engine = out_dir / engine_filename(gpu, stem)
     write_bytes(engine, bytes(serialized))
     # Engines hold no metadata: the runtime reads the contract and class names from this sidecar.
     sidecar = engine_sidecar(contract, network.get_input(0).name, network.get_output(0).name, max_batch)
@@ -103,3 +106,14 @@ def build_engine(
         "batch": {"min": 1, "opt": opt_batch, "max": max_batch},
         "timing_cache": timing_cache.name,
     }
+
+
+def engine_or_reason(
+    qdq: Path, run_dir: Path, contract: PreprocessContract, say: Callable[[str], None], stem: str = "model"
+) -> dict[str, Any]:
+    """Build ``qdq``'s engine (<stem>.<gpu>.engine) where TensorRT and a GPU exist; otherwise record why not."""
+    reason = unavailable_reason()
+    if reason:
+        say(f"TensorRT engine not built: {reason}; {qdq.name} is the engine's input on the device")
+        return {"built": False, "reason": reason}
+    return {"built": True, **build_engine(qdq, run_dir, contract, run_dir / "tensorrt.timing-cache", stem=stem)}

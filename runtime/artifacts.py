@@ -15,6 +15,9 @@ from typing import Any
 from runtime.errors import ToolkitError
 from runtime.hashing import sha256_file
 
+# RUN/eval/<data>/unpruned/: a pruned run's unpruned student, evaluated on the same images (toolkit prune).
+UNPRUNED = "unpruned"
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -47,6 +50,12 @@ REFERENCE = {
     "int8_openvino": "openvino",
     "int8_onnxruntime_qad": "onnx",
     "int8_openvino_qad": "openvino",
+    "int8_tensorrt_qad": "onnx",
+}
+# TensorRT engines built from a Q/DQ file: the file's manifest key -> (the engine's key, label).
+ENGINES = {
+    "int8_tensorrt": ("trt_engine_int8", "TensorRT engine INT8"),
+    "int8_tensorrt_qad": ("trt_engine_int8_qad", "TensorRT engine INT8, QAD"),
 }
 
 
@@ -85,10 +94,11 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
         if entry and (run_dir / entry["file"]).is_file():
             _check_hashes(run_dir / entry["file"], entry)
             found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
-    engine = exports.get("int8_tensorrt", {}).get("engine", {})
-    if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
-        path = run_dir / engine["file"]
-        found.append(Artifact("trt_engine_int8", "TensorRT engine INT8", "tensorrt", "int8", path, path.stat().st_size))
+    for source, (key, label) in ENGINES.items():
+        engine = exports.get(source, {}).get("engine", {})
+        if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
+            path = run_dir / engine["file"]
+            found.append(Artifact(key, label, "tensorrt", "int8", path, path.stat().st_size))
     return found
 
 

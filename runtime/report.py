@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from runtime.artifacts import KNOWN, REFERENCE, eval_slug, read_run_manifest, run_artifacts
+from runtime.artifacts import KNOWN, REFERENCE, UNPRUNED, eval_slug, read_run_manifest, run_artifacts
 from runtime.errors import ToolkitError
 from runtime.verdict import per_class_drops, ship_verdicts
 
@@ -46,7 +46,8 @@ def _pick_dataset(run_dir: Path, evaluations: dict[str, Any], dataset: str | Non
 
 
 def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None) -> list[dict[str, Any]]:
-    """teacher -> PyTorch student -> ONNX FP32 -> each INT8 artifact: top-1, agreement and KL vs the stage before."""
+    """teacher -> PyTorch student (-> pruned student) -> ONNX FP32 -> each INT8 artifact: top-1, agreement and KL
+    vs the stage before."""
     base = run_dir / "eval" / eval_slug(dataset)
     stages: list[dict[str, Any]] = []
     teacher = base / "teacher" / "logits.npy"
@@ -55,8 +56,9 @@ def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None
     if not teacher.is_file():
         stages[-1]["reason"] = TEACHER_MISSING
     logits: dict[str, np.ndarray] = {}
-    files = {"teacher": teacher, "student": base / "logits.npy"}
+    files = {"teacher": teacher, UNPRUNED: base / UNPRUNED / "logits.npy", "student": base / "logits.npy"}
     files.update({key: base / "artifacts" / key / "logits.npy" for key in KNOWN})
+    pruned = (base / UNPRUNED / "logits.npy").is_file()
     for key, path in files.items():
         if not path.is_file():
             continue
@@ -67,8 +69,11 @@ def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None
             if (path.parent / "indices.npy").is_file():
                 stages[0]["label"] += f" (on {metrics['n']:,} of the images)"
             continue
-        label = "PyTorch student FP32" if key == "student" else KNOWN[key][0]
-        previous = "teacher" if key == "student" else REFERENCE.get(key, "student")
+        label = _LABELS[key] if key in _LABELS else KNOWN[key][0]
+        if key == "student" and pruned:
+            label += " (pruned)"
+        previous = {"student": UNPRUNED if pruned else "teacher", UNPRUNED: "teacher"}.get(key)
+        previous = previous or REFERENCE.get(key, "student")
         stage = {"stage": key, "label": label, "available": True, "top1": metrics["top1"]}
         if previous in logits and logits[previous].shape == logits[key].shape:
             stage.update(versus=previous, **compare_logits(logits[previous], logits[key]))
@@ -81,6 +86,9 @@ def fidelity_ladder(run_dir: Path, dataset: str, teacher_name: str | None = None
             stage["note"] = f"not compared with {previous}: evaluated on different image sets"
         stages.append(stage)
     return stages
+
+
+_LABELS = {"student": "PyTorch student FP32", UNPRUNED: "PyTorch student FP32 before pruning"}
 
 
 def _on_teacher_images(folder: Path, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -111,3 +111,19 @@ def test_harness_overhead_compares_with_benchmark_app(monkeypatch, tmp_path) -> 
     base = {r[0]: float(r[2]) for r in rows if r[1] == "benchmark_app f32"}
     for r in rows:
         assert float(r[3]) == pytest.approx(float(r[2]) / base[r[0]], abs=0.011)
+
+
+def test_qad_seed_table_by_hand() -> None:
+    """benchmarks/qad_recovery.py: drops over seeds as mean +- std, the share of PTQ's mean drop QAD recovers."""
+    module = _load("qad_recovery")
+    ort, trt, ov = (module.FORMS[k] for k in ("ONNX Runtime U8S8", "TensorRT S8S8", "OpenVINO"))
+    runs = [{ort[0]: 0.70, ort[1]: 0.67, ort[2]: 0.70, trt[1]: 0.69, trt[2]: 0.695, ov[0]: 0.70, ov[1]: 0.698,
+             ov[2]: 0.70},
+            {ort[0]: 0.72, ort[1]: 0.70, ort[2]: 0.715, trt[1]: 0.70, trt[2]: 0.72, ov[0]: 0.72, ov[1]: 0.72,
+             ov[2]: 0.72}]  # fmt: skip
+    rows = {line.split("|")[2].strip(): line for line in module.seed_table({"m": runs})[2:]}
+    # ORT: PTQ drops 3 and 2 points (2.50 +- 0.50), QAD 0 and 0.5 (0.25 +- 0.25): (2.5 - 0.25) / 2.5 = 90%
+    assert rows["ONNX Runtime U8S8"] == "| m | ONNX Runtime U8S8 | 2 | 2.50 +- 0.50 | 0.25 +- 0.25 | 90% |"
+    # TensorRT: PTQ 1 and 2 (1.50), QAD 0.5 and 0 (0.25): 83%
+    assert rows["TensorRT S8S8"].endswith("| 1.50 +- 0.50 | 0.25 +- 0.25 | 83% |")
+    assert rows["OpenVINO"].endswith("| PTQ drop < 1 pt |")  # nothing to recover

@@ -197,6 +197,7 @@ def test_tensorrt_engine_gating_and_naming() -> None:
     from export.tensorrt_engine import build_engine, engine_filename, profile_shapes, unavailable_reason
 
     assert engine_filename("NVIDIA H100 80GB HBM3") == "model.nvidia-h100-80gb-hbm3.engine"
+    assert engine_filename("NVIDIA H100 80GB HBM3", "model.qad") == "model.qad.nvidia-h100-80gb-hbm3.engine"
     c = PreprocessContract(input_size=(28, 32), resize_size=32)
     assert profile_shapes(c, 8, 64) == ((1, 3, 28, 32), (8, 3, 28, 32), (64, 3, 28, 32))
     with pytest.raises(ToolkitError, match="opt"):

@@ -110,6 +110,31 @@ def test_run_makes_every_artifact_then_skips_and_continues_after_a_kill(recipe: 
     assert "[export] up to date" in res.output and "[bench] running" in res.output
 
 
+@pytest.mark.slow
+def test_prune_section_prunes_the_distilled_student_and_ships_the_pruned_run(recipe: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    prune = ["--set", "prune.macs=0.5", "--set", "prune.epochs=1", "--set", "prune.bn_images=16"]
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(out), *prune])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    state = json.loads((out / "pipeline.json").read_text())
+    assert list(state["steps"]) == ["distill", "prune", "export", "eval", "bench", "report"]
+    pruned = out / "pruned"
+    assert json.loads((pruned / "metrics.json").read_text())["prune"]["macs_ratio"] <= 0.5
+    for name in (*ARTIFACTS, "report.json", "bench/ort-cpu-1t.json"):
+        assert (pruned / name).is_file() and not (out / name).exists() or name == "student.safetensors", name
+    assert f"Report: {pruned}" in res.output.replace("\n", "")
+    ladder = json.loads((pruned / "report.json").read_text())["ladder"]
+    assert [row["stage"] for row in ladder][:4] == ["teacher", "unpruned", "student", "onnx"]
+    assert all(row["available"] for row in ladder[:4]), ladder[:4]
+    assert ladder[2]["label"].endswith("(pruned)") and ladder[2]["versus"] == "unpruned"
+
+    # A changed prune budget reruns pruning and what follows; distillation is kept.
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(out), *prune, "--set", "prune.macs=0.6"])
+    assert res.exit_code == 0, res.output
+    assert "[distill] up to date" in res.output and "[prune] running" in res.output
+    assert json.loads((pruned / "metrics.json").read_text())["prune"]["macs_ratio"] > 0.5
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -117,6 +142,8 @@ def test_run_makes_every_artifact_then_skips_and_continues_after_a_kill(recipe: 
         ("bench.targets=[openvino-cpu]", "add 'openvino' to export.backends"),
         ("data.test=null", "data.test: `toolkit run` evaluates every artifact"),
         (("export.recover=auto", "export.int8=false"), "export.recover: --recover auto: recovers INT8 accuracy"),
+        (("prune.macs=0.5", "prune.keep=[layer9]"), "prune.keep[0]: no layer 'layer9' in resnet18. Did you mean"),
+        (("prune.macs=0.5", "data.val_fraction=0"), "prune: recovery selects on the validation split"),
     ],
 )
 def test_run_checks_targets_and_test_data_before_training(recipe: Path, tmp_path: Path, override, expected) -> None:

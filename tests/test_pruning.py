@@ -138,3 +138,21 @@ def test_prune_cli_end_to_end_then_export(tmp_path: Path) -> None:
                               "--out", str(tmp_path / "bad")])  # fmt: skip
     assert isinstance(res.exception, ToolkitError) and "--recover 'magic'" in str(res.exception)
     assert not (tmp_path / "bad").exists()
+
+
+def test_prune_under_torchrun_is_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from toolkit.pruning import run_prune
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ToolkitError, match="toolkit prune runs in one process"):
+        run_prune(tmp_path / "run", tmp_path / "out", macs=0.5)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_prune_section_is_refused_by_commands_that_do_not_prune(tmp_path: Path, command: str) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", write_image_folder(tmp_path / "data", per_class=2, size=8), epochs=1)
+    res = CliRunner().invoke(app, [command, str(recipe), "--out", str(tmp_path / "run"), "--set", "prune.macs=0.5"])
+    assert isinstance(res.exception, ToolkitError), res.output
+    assert f"prune: `toolkit {command}` does not prune; run `toolkit run RECIPE`" in str(res.exception)
+    assert not (tmp_path / "run").exists()

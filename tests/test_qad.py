@@ -51,11 +51,34 @@ def test_fold_batchnorm_keeps_outputs_for_every_student(name: str) -> None:
     with torch.no_grad():
         before = model(x)
     norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    assert fold_batchnorm(model, x) == norms > 0
+    assert fold_batchnorm(model, x) == (norms, 0) and norms > 0
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-3)
     assert hasattr(model, "forward_features")  # the student's own class, not a traced copy
+
+
+def test_a_dead_channel_folds_into_zero_weights_and_its_constant_bias() -> None:
+    """A depthwise channel reading a dead input (all zeros) has running variance ~0: folded as is, its weights
+    would be ~316x gamma; they become zero and its bias the constant the norm outputs for it."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+                          nn.BatchNorm2d(4)).eval()  # fmt: skip
+    _randomise_norms(model)
+    conv, norm = model[2], model[3]
+    with torch.no_grad():
+        model[0].weight[0], model[0].bias[0] = 0.0, -1.0  # channel 0 of the depthwise input: always 0
+        norm.running_var[0], norm.running_mean[0] = 1e-14, 0.02
+        expected_bias = float(norm.bias[0] + norm.weight[0] * (0.0 - 0.02) / torch.sqrt(norm.running_var[0] + norm.eps))
+        live = conv.weight[1:] * (norm.weight[1:] / torch.sqrt(norm.running_var[1:] + norm.eps)).reshape(-1, 1, 1, 1)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    assert fold_batchnorm(model, x) == (1, 1)
+    assert torch.all(conv.weight[0] == 0) and conv.bias is not None
+    assert float(conv.bias[0]) == pytest.approx(expected_bias, rel=1e-5)
+    torch.testing.assert_close(conv.weight[1:].detach(), live)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-3)
 
 
 def test_fold_batchnorm_refuses_a_convolution_read_twice() -> None:
@@ -90,6 +113,13 @@ def test_bad_qad_settings_are_refused_up_front(recover, int8, targets, epochs, i
     check_recover("none", False, ("tensorrt",), 0, 0)  # nothing asked: nothing checked
 
 
+def test_qad_under_torchrun_is_refused_before_anything_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ToolkitError, match="QAD runs in one process; run toolkit export without torchrun"):
+        check_recover("qad", True, ("onnxruntime",), 1, None)
+    check_recover("none", True, ("onnxruntime",), 1, None)
+
+
 # MobileNetV2's depthwise inputs are what NNCF would quantize per channel (ONNX Runtime cannot run that form).
 @pytest.mark.parametrize(
     ("name", "target"),
@@ -105,7 +135,7 @@ def test_qat_export_is_in_ptq_form_and_matches_the_trained_model(name: str, targ
     batches = [rng.standard_normal((8, 3, SIZE, SIZE)).astype(np.float32) for _ in range(2)]
     export_onnx(model, contract, tmp_path / "fp32.onnx")
     quantize(tmp_path / "fp32.onnx", tmp_path / "ptq.onnx", target, batches, "minmax")
-    qat = prepare_qat(copy.deepcopy(model), batches, target)
+    qat, _ = prepare_qat(copy.deepcopy(model), batches, target)
     export_qat_onnx(qat, contract, tmp_path / "qad.onnx", int32_bias=target == "onnxruntime")
     form = qdq_form(onnx.load(str(tmp_path / "qad.onnx")))
     assert form_differences(form, qdq_form(onnx.load(str(tmp_path / "ptq.onnx")))) == []
@@ -134,7 +164,8 @@ def test_weight_ranges_are_each_channels_own() -> None:
         model.bn1.running_var[0] = 1e-14
         model.conv1.weight[0] *= 30
     rng = np.random.default_rng(0)
-    qat = prepare_qat(copy.deepcopy(model), [rng.standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)])
+    qat, folded = prepare_qat(copy.deepcopy(model), [rng.standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)])
+    assert folded.dead_channels == 0  # its output is not constant: statistics alone do not make a channel dead
     weight = qat.conv1.weight.detach()
     amax = weight.abs().reshape(weight.shape[0], -1).amax(1)
     assert amax[0] > 1000 * amax[1:].max()
@@ -169,6 +200,10 @@ def test_export_recover_qad_end_to_end(tiny_run: Path) -> None:
     trt = exports["int8_tensorrt_qad"]  # its own fine-tuning, toward the symmetric signed form
     assert trt["qad"]["form"] == "s8s8" and trt["form_differences_vs_ptq"] == [] and trt["form"]["bias"] == "float"
     assert (tiny_run / "qad-tensorrt" / "metrics.jsonl").is_file()
+    from export.tensorrt_engine import unavailable_reason
+
+    if unavailable_reason():  # its own engine is built where TensorRT and a GPU exist; here the reason is kept
+        assert trt["engine"] == {"built": False, "reason": unavailable_reason()}
     keys = [a.key for a in run_artifacts(tiny_run)]
     assert {"int8_onnxruntime_qad", "int8_tensorrt_qad", "int8_openvino_qad"} <= set(keys)
     assert "model.int8.qad.onnx: PASS" in res.output

@@ -101,15 +101,43 @@ def test_bias_stored_as_int32_at_input_times_weight_scale() -> None:
     assert qdq_form(proto)["bias"] == "int32"
 
 
-def test_form_of_ptq_files_and_differences(tmp_path: Path) -> None:
-    proto = fake_quantized_conv()
-    # the float model behind it, quantized by our PTQ for two targets
-    graph = proto.graph
+def test_a_zero_weight_channels_bias_fits_int32_by_widening_its_weight_scale() -> None:
+    """Regression: a channel whose weights are all zero (a dead channel zeroed by QAD's BatchNorm folding) has
+    a weight scale of ~1e-10; its bias at input x weight scale overflowed int32 and saturated."""
+    proto = fake_quantized_conv(with_identity=False)
+    inits = {i.name: i for i in proto.graph.initializer}
+    w, w_scale = numpy_helper.to_array(inits["w"]).copy(), numpy_helper.to_array(inits["w_scale"]).copy()
+    w[0], w_scale[0] = 0.0, 1e-8 / 127
+    inits["w"].CopyFrom(numpy_helper.from_array(w, "w"))
+    inits["w_scale"].CopyFrom(numpy_helper.from_array(w_scale, "w_scale"))
+    fold_weight_quantizers(proto)
+    x = np.random.default_rng(3).uniform(-2, 2, (2, 3, 5, 5)).astype(np.float32)
+    before = _run(proto, x)
+    quantize_biases(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    after = _run(proto, x)
+    bias = numpy_helper.to_array(inits["b"])
+    np.testing.assert_allclose(after[:, 0], bias[0], rtol=1e-6)  # the constant the channel outputs
+    np.testing.assert_allclose(after, before, atol=float(0.02 * w_scale[1:].max()) / 2 + 1e-6)
+    stored = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    widened = next(v for k, v in stored.items() if k.endswith("widened_scale"))
+    assert widened[0] > w_scale[0] and np.array_equal(widened[1:], w_scale[1:])  # only that channel's scale
+
+
+def float_conv(folder: Path) -> Path:
+    """The float convolution behind ``fake_quantized_conv``, saved in ``folder``."""
+    graph = fake_quantized_conv().graph
     float_graph = helper.make_graph([helper.make_node("Conv", ["input", "w", "b"], ["logits"], pads=[1, 1, 1, 1])],
                                     "f", list(graph.input), list(graph.output),
                                     [i for i in graph.initializer if i.name in ("w", "b")])  # fmt: skip
-    fp32 = tmp_path / "f.onnx"
-    onnx.save(helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 18)]), fp32)
+    path = folder / "f.onnx"
+    onnx.save(helper.make_model(float_graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_form_of_ptq_files_and_differences(tmp_path: Path) -> None:
+    proto = fake_quantized_conv()
+    fp32 = float_conv(tmp_path)  # the float model behind it, quantized by our PTQ for two targets
     batches = [np.random.default_rng(4).uniform(-2, 2, (4, 3, 5, 5)).astype(np.float32)]
     forms = {}
     for target in ("onnxruntime", "tensorrt"):
@@ -204,3 +232,27 @@ def test_a_layer_kept_in_float_stays_float_in_onnx_runtime(tmp_path: Path) -> No
     assert float(np.abs(outputs["ORT_ENABLE_ALL"] - reference).max()) < 0.1 * scale
     conv = next(n for n in onnx.load(str(kept)).graph.node if n.name == depthwise)
     assert conv.input[0].endswith("_float_clipped")  # reads the float activation, clamped as its quantizer did
+
+
+def test_per_tensor_weights_are_told_apart_from_per_channel(tmp_path: Path) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    fp32 = float_conv(tmp_path)
+    x = np.random.default_rng(4).uniform(-2, 2, (4, 3, 5, 5)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x}])
+
+        def get_next(self) -> dict | None:
+            return next(self.items, None)
+
+    forms = {}
+    for per_channel in (False, True):
+        out = tmp_path / f"{per_channel}.onnx"
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        forms[per_channel] = qdq_form(onnx.load(str(out)))
+    assert (forms[False]["weight_granularity"], forms[True]["weight_granularity"]) == ("per-tensor", "per-channel")
+    assert form_differences(forms[False], forms[True]) == ["weight_granularity: per-tensor (reference: per-channel)"]

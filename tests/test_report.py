@@ -122,6 +122,21 @@ def test_report_sections_from_run_files(tmp_path: Path) -> None:
     assert ladder["teacher"]["top1"] == 1.0 and "different image sets" in ladder["student"]["note"]
 
 
+def test_a_pruned_runs_ladder_shows_the_student_before_pruning(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    student = np.load(run / "eval/fake-test/logits.npy")
+    labels = np.argmax(student, 1)
+    unpruned = student.copy()
+    unpruned[:20] = unpruned[:20, ::-1]
+    write_eval(run / "eval" / "fake-test" / "unpruned", unpruned, labels)
+    ladder = build_report(run)["ladder"]
+    assert [s["stage"] for s in ladder][:4] == ["teacher", "unpruned", "student", "onnx"]
+    rows = {s["stage"]: s for s in ladder}
+    assert rows["student"]["versus"] == "unpruned" and rows["student"]["label"].endswith("(pruned)")
+    assert rows["student"]["agreement"] == pytest.approx(float((unpruned.argmax(1) == labels).mean()))
+    assert rows["unpruned"]["label"] == "PyTorch student FP32 before pruning" and rows["onnx"]["versus"] == "student"
+
+
 def test_a_teacher_on_a_subset_is_compared_on_those_very_images(tmp_path: Path) -> None:
     """Regression (demo): the teacher saw 2,000 test images, the students 10,000, and the ladder compared none."""
     run = fake_run(tmp_path)
@@ -180,17 +195,17 @@ def test_report_of_an_unevaluated_run_says_what_to_run(tmp_path: Path) -> None:
 def test_eval_records_agreement_with_student_and_teacher(tmp_path: Path) -> None:
     from runtime.datasets import ArrayDataset
     from runtime.preprocess import PreprocessContract
-    from toolkit.evaluation import _write_eval
+    from toolkit.evaluation import write_eval
 
     data = ArrayDataset("toy", np.zeros((4, 2, 2), np.uint8), np.array([0, 1, 1, 0]), ["a", "b"])
     contract = PreprocessContract(class_names=("a", "b"))
     student = np.array([[1.0, 0], [0, 1], [0, 1], [0, 1]])  # predicts a b b b
     teacher = np.array([[0.0, 1], [0, 1], [1, 0], [0, 1]])  # predicts b b a b
     artifact = np.array([[1.0, 0], [0, 1], [0, 1], [1, 0]])  # predicts a b b a
-    assert "agreement_with_student" not in _write_eval(student, data, contract, tmp_path)  # not with itself
-    t = _write_eval(teacher, data, contract, tmp_path, "teacher")
+    assert "agreement_with_student" not in write_eval(student, data, contract, tmp_path)  # not with itself
+    t = write_eval(teacher, data, contract, tmp_path, "teacher")
     assert t["agreement_with_student"] == 0.5 and "agreement_with_teacher" not in t
-    a = _write_eval(artifact, data, contract, tmp_path, "artifacts/onnx")
+    a = write_eval(artifact, data, contract, tmp_path, "artifacts/onnx")
     assert (a["agreement_with_student"], a["agreement_with_teacher"]) == (0.75, 0.25)
     saved = json.loads((tmp_path / "eval" / "toy" / "artifacts" / "onnx" / "metrics.json").read_text())
     assert saved["agreement_with_teacher"] == 0.25

@@ -7,7 +7,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 from rich.text import Text
 
 from runtime.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from toolkit.recipe import Recipe
 
 app = typer.Typer(
     name="toolkit",
@@ -54,6 +57,15 @@ def _locked(run_dir: Path):  # noqa: ANN202 - a context manager
     return run_lock(run_dir, "toolkit " + " ".join(sys.argv[1:3]), log=console.print)
 
 
+def _refuse_prune_section(recipe: Recipe, command: str) -> None:
+    """A recipe's prune section is `toolkit run`'s: another command would silently leave it unused."""
+    if recipe.prune is not None:
+        raise ToolkitError(
+            f"prune: `toolkit {command}` does not prune; run `toolkit run RECIPE` (it prunes after {command}ing) "
+            "or `toolkit prune RUN` afterwards, or remove the section"
+        )
+
+
 @app.command()
 def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
@@ -82,6 +94,7 @@ def train(
         },
     )
     r = load_recipe(recipe, overrides)
+    _refuse_prune_section(r, "train")
     run_dir = out_dir or _default_run_dir(r.name)
     t0 = time.perf_counter()
     with _locked(run_dir):
@@ -127,6 +140,7 @@ def distill(
         if not recipe.is_file():
             raise ToolkitError(f"{recipe}: missing; {recipe.parent} is not a run directory of `toolkit distill`")
     r = load_recipe(recipe, overrides)
+    _refuse_prune_section(r, "distill")
     run_dir = out_dir or _default_run_dir(r.name)
     t0 = time.perf_counter()
     with _locked(run_dir):
@@ -684,7 +698,8 @@ def deploy_triton(
         "model_repository"
     ),
     artifact: Annotated[
-        str, typer.Option(help="Which export: onnx, int8_onnxruntime, int8_tensorrt, or trt_engine_int8.")
+        str,
+        typer.Option(help="Which export: onnx, int8_onnxruntime, int8_tensorrt, trt_engine_int8 (QAD ones: *_qad)."),
     ] = "onnx",
     name: Annotated[str | None, typer.Option(help="Model name in the repository (default: the run's name).")] = None,
     max_batch: Annotated[int, typer.Option(help="Triton max_batch_size (dynamic batching up to it).")] = 32,

@@ -78,7 +78,7 @@ def evaluate_student(
     """Predict ``dataset``, write eval/<dataset>/{metrics.json,confusion.csv}, record it in the manifest with
     the hash of the run's student.safetensors it was computed from (so a later eval can reuse it)."""
     logits = predict_logits(model, dataset, contract, batch_size, device)
-    report = _write_eval(logits, dataset, contract, run_dir)
+    report = write_eval(logits, dataset, contract, run_dir)
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.get(dataset.name, {})
     weights = run_dir / "student.safetensors"
@@ -100,7 +100,7 @@ def _agreements(base: Path, logits: np.ndarray, out: Path) -> dict[str, float]:
     return found
 
 
-def _write_eval(
+def write_eval(
     logits: np.ndarray, dataset: Dataset, contract: PreprocessContract, run_dir: Path, sub: str = ""
 ) -> dict[str, Any]:
     """RUN/eval/<data>/<sub>/: metrics.json (with agreements), confusion.csv, logits.npy."""
@@ -129,7 +129,7 @@ def write_teacher_eval(
     run_classes = list(PreprocessContract.from_json(contract_file.read_text()).class_names)
     if run_classes != list(dataset.class_names):
         raise ToolkitError(f"{dataset.name}: classes {list(dataset.class_names)} differ from the run's {run_classes}")
-    report = _write_eval(logits, dataset, contract, run_dir, "teacher")
+    report = write_eval(logits, dataset, contract, run_dir, "teacher")
     folder = run_dir / "eval" / eval_slug(dataset.name) / "teacher"
     for name, array in (("indices", indices), ("labels", None if indices is None else dataset.labels)):
         if array is None:
@@ -164,7 +164,7 @@ def evaluate_artifact(
         logits = np.concatenate([session.run(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
     else:
         logits = session.predict(dataset, batch_size)
-    report = _write_eval(logits, dataset, session.contract, run_dir, f"artifacts/{artifact.key}")
+    report = write_eval(logits, dataset, session.contract, run_dir, f"artifacts/{artifact.key}")
     evaluations = read_manifest(run_dir).get("evaluations", {})
     entry = evaluations.setdefault(dataset.name, {"n": report["n"], **report["dataset"]})
     entry.setdefault("artifacts", {})[artifact.key] = {

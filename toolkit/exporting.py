@@ -14,12 +14,12 @@ from export.guard import guarded_quantize
 from export.onnx_export import OPSET, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
+from export.tensorrt_engine import engine_or_reason
 from runtime.artifacts import file_entry
 from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
-from runtime.preprocess import PreprocessContract
 from toolkit.evaluation import load_run_student
 from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
 from toolkit.recipe import Recipe
@@ -154,7 +154,7 @@ def run_export(
             if not report.passed:
                 failed.append(INT8_FILES[target])
             if target == "tensorrt":
-                section["int8_tensorrt"]["engine"] = _tensorrt_engine(out, run_dir, contract, console)
+                section["int8_tensorrt"]["engine"] = engine_or_reason(out, run_dir, contract, console.print)
         wanted = tuple(t for t in targets if recover == "qad" or (recover == "auto" and INT8_FILES[t] in failed))
         if wanted:
             qad = run_qad(run_dir, model, contract, recipe, train_set, val_set, held_out, batches, fp32_top1, wanted,
@@ -173,17 +173,6 @@ def run_export(
             "raise --tolerance, --max-float-layers or --calib-size, or pass --allow-fail to keep it anyway"
         )
     return section
-
-
-def _tensorrt_engine(qdq: Path, run_dir: Path, contract: PreprocessContract, console: Console) -> dict[str, Any]:
-    """Build the engine where TensorRT and a GPU exist; otherwise record why not."""
-    from export.tensorrt_engine import build_engine, unavailable_reason
-
-    reason = unavailable_reason()
-    if reason:
-        console.print(f"TensorRT engine not built: {reason}; {qdq.name} is the engine's input on the device")
-        return {"built": False, "reason": reason}
-    return {"built": True, **build_engine(qdq, run_dir, contract, run_dir / "tensorrt.timing-cache")}
 
 
 def _stamp_verdict(path: Path, verdict: str) -> None:

@@ -27,7 +27,8 @@ from runtime.verdict import describe_verdict
 from toolkit.recipe import DataSourceConfig, Recipe
 
 STATE = "pipeline.json"
-STEPS = ("distill", "export", "eval", "bench", "report")
+STEPS = ("distill", "prune", "export", "eval", "bench", "report")
+PRUNED = "pruned"  # RUN/pruned: the pruned run that export, eval, bench and report take when the recipe prunes
 
 
 def data_arg(source: DataSourceConfig) -> str:
@@ -66,6 +67,24 @@ def check_run_recipe(recipe: Recipe) -> None:
         check_recover(e.recover, e.int8, tuple(e.backends), e.qad_epochs, e.qad_images)
     except ToolkitError as exc:
         raise ToolkitError(f"export.recover: {exc}") from exc
+    if recipe.prune is not None:
+        _check_prune(recipe)
+
+
+def _check_prune(recipe: Recipe) -> None:
+    """prune.keep names layers of the student: checked on an untrained copy before anything trains."""
+    if recipe.data.val_fraction == 0:
+        raise ToolkitError("prune: recovery selects on the validation split; set data.val_fraction above 0")
+    if not recipe.prune or not recipe.prune.keep:
+        return
+    from distill.students import create_student
+
+    model = create_student(recipe.student.name, num_classes=2, pretrained=False)
+    modules = dict(model.named_modules())
+    for i, name in enumerate(recipe.prune.keep):
+        if name not in modules:
+            hint = did_you_mean(name, modules)
+            raise ToolkitError(f"prune.keep[{i}]: no layer {name!r} in {recipe.student.name}.{hint}")
 
 
 def _digest(*parts: Any) -> str:
@@ -161,8 +180,25 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
             run_train(recipe, run_dir, force=not resume, resume=resume, console=console)
         return [run_dir / "student.safetensors", run_dir / "metrics.json"]
 
-    core = {k: v for k, v in r.items() if k not in ("export", "bench")}
+    core = {k: v for k, v in r.items() if k not in ("prune", "export", "bench")}
     pipe.run_step("distill", _digest(core), distill, resumable=True)
+    source, last = run_dir, "distill"
+    if recipe.prune is not None:
+        source, last = run_dir / PRUNED, "prune"
+
+        def prune() -> list[Path]:
+            from toolkit.pruning import run_prune
+
+            p = recipe.prune
+            assert p is not None
+            run_prune(run_dir, source, macs=p.macs, params=p.params, round_to=p.round_to,
+                      max_layer_ratio=p.max_layer_ratio, global_pruning=p.global_pruning, keep=tuple(p.keep),
+                      recover=p.recover, epochs=p.epochs, lr=p.lr, temperature=p.temperature, alpha=p.alpha,
+                      bn_images=p.bn_images, force=True, console=console)  # fmt: skip
+            return [source / "student.safetensors", source / "metrics.json"]
+
+        pipe.run_step("prune", _digest(pipe.output_digest("distill"), r["prune"]), prune)
+    teacher_run, run_dir = run_dir, source
 
     def export() -> list[Path]:
         e = recipe.export
@@ -172,7 +208,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
                    console=console)  # fmt: skip
         return _artifact_files(run_dir)
 
-    pipe.run_step("export", _digest(pipe.output_digest("distill"), r["export"]), export)
+    pipe.run_step("export", _digest(pipe.output_digest(last), r["export"]), export)
 
     test = data_arg(recipe.data.test)  # type: ignore[arg-type]
 
@@ -182,7 +218,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
                                  reuse_student=True):  # fmt: skip
             console.print(line.split("\n")[0])
         if recipe.distill is not None and recipe.distill.teacher:
-            _teacher_eval(recipe, run_dir, test, console)
+            _teacher_eval(recipe, teacher_run, run_dir, test, console)
         folder = run_dir / "eval" / eval_slug(_test_name(run_dir))
         return [p for p in folder.rglob("*") if p.is_file()]
 
@@ -207,14 +243,14 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
     return headline(run_dir, time.perf_counter() - t0)
 
 
-def _teacher_eval(recipe: Recipe, run_dir: Path, test: str, console: Console) -> None:
-    """The teacher's logits on the test set (with the run's calibrated anchors where it made or was given them),
-    so the report's fidelity ladder starts at the teacher."""
+def _teacher_eval(recipe: Recipe, teacher_run: Path, run_dir: Path, test: str, console: Console) -> None:
+    """The teacher's logits on the test set into ``run_dir``'s eval (with ``teacher_run``'s calibrated anchors
+    where it made or was given them), so the report's fidelity ladder starts at the teacher."""
     from toolkit.teaching import run_zeroshot
 
     cfg = recipe.distill
     assert cfg is not None and cfg.teacher
-    anchors = run_dir / "anchors.safetensors"
+    anchors = teacher_run / "anchors.safetensors"
     anchors_file = anchors if anchors.is_file() else (Path(cfg.anchors) if cfg.anchors else None)
     config = Path(cfg.teacher_config) if cfg.teacher_config else None
     result = run_zeroshot(cfg.teacher, test, cfg.template, anchors_file, console, config, cfg.teacher_eval_images,

@@ -9,6 +9,7 @@ against the unpruned model's logits for both views computed once before training
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,9 +28,10 @@ from distill.pruning import ARCHITECTURE, architecture, prune_channels, recalibr
 from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
 from distill.weights import save_state_dict
+from runtime.artifacts import UNPRUNED
 from runtime.atomic import write_json, write_text
 from runtime.errors import ToolkitError
-from toolkit.evaluation import evaluate_student, load_run_student
+from toolkit.evaluation import evaluate_student, load_run_student, write_eval
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
 from toolkit.splits import recipe_splits
@@ -53,6 +55,8 @@ def run_prune(
         raise ToolkitError(f"--bn-images {bn_images}: must be >= 0 (0 skips the BatchNorm re-estimation)")
     if not 0.0 <= alpha <= 1.0 or temperature <= 0:
         raise ToolkitError(f"--alpha {alpha} must be in [0, 1] and --temperature {temperature} > 0")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ToolkitError("toolkit prune runs in one process (its recovery is short); run it without torchrun")
     if out_dir.resolve() == run_dir.resolve():
         raise ToolkitError(f"--out {out_dir}: the pruned run needs its own directory, not the run it prunes")
     model, contract, raw = load_run_student(run_dir)
@@ -71,8 +75,6 @@ def run_prune(
         cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": lr})})
     ctx = init_distributed(cfg.device)
     try:
-        if ctx.world_size > 1:
-            raise ToolkitError("toolkit prune runs in one process (its recovery is short); run it without torchrun")
         validate = classifier_validator(splits.val, contract, cfg.eval_batch_size, ctx.device)
         val_raw = float(validate(pruned)["val_top1"])
         transform = eval_transform(contract)
@@ -120,14 +122,16 @@ def run_prune(
         save_state_dict(out_dir / "student.safetensors", weights, meta)
         pruned.load_state_dict(weights)
         test = recipe.data.open_test(list(contract.class_names))
+        metrics: dict[str, Any] = {"prune": info}
         if test is not None:
             info["test_top1"] = evaluate_student(pruned, test, contract, out_dir, cfg.eval_batch_size)["top1"]
-            info["test_top1_unpruned"] = float(
-                (predict_logits(unpruned, test, contract, cfg.eval_batch_size).argmax(1) == test.labels).mean()
-            )
+            # The unpruned student's logits beside the pruned one's: the report's ladder shows what pruning cost.
+            before = predict_logits(unpruned, test, contract, cfg.eval_batch_size)
+            info["test_top1_unpruned"] = write_eval(before, test, contract, out_dir, sub=UNPRUNED)["top1"]
+            metrics.update(test_top1=info["test_top1"], test_name=test.name)
         if history:
             write_metrics(out_dir / "metrics.jsonl", history)
-        write_json(out_dir / "metrics.json", {"prune": info})
+        write_json(out_dir / "metrics.json", metrics)
         update_manifest(out_dir, status="pruned", prune=info, results={"prune": info})
         return info
     finally:

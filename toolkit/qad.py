@@ -10,6 +10,7 @@ Q/DQ form is checked against PTQ's file for the same target.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from export.calibration import stratified_sample
 from export.guard import GuardReport
 from export.qad import QAD_FORMS, check_qad_targets, export_qat_onnx, prepare_qat
 from export.qdq_form import form_differences, qdq_form
+from export.tensorrt_engine import engine_or_reason
 from runtime.artifacts import file_entry
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
@@ -62,6 +64,9 @@ def check_recover(recover: str, int8: bool, targets: tuple[str, ...], epochs: in
         raise ToolkitError(f"--qad-epochs {epochs}: must be at least 1")
     if images is not None and images < 2:
         raise ToolkitError(f"--qad-images {images}: must be at least 2 (or omitted for the whole training split)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # toolkit export (PTQ, guard, files) is one process's work; so is a QAD fine-tuning of 1-2 epochs.
+        raise ToolkitError(f"--recover {recover}: QAD runs in one process; run toolkit export without torchrun")
 
 
 def run_qad(
@@ -88,10 +93,6 @@ def run_qad(
     section: dict[str, Any] = {}
     ctx = init_distributed(cfg.device)
     try:
-        if ctx.world_size > 1:
-            raise ToolkitError(
-                "QAD runs in one process (its fine-tuning is short); run toolkit export without torchrun"
-            )
         model = model.eval()
         logits = teacher_views(model, data, transform, cfg.eval_batch_size)
         logits_s = time.perf_counter() - t0
@@ -99,7 +100,7 @@ def run_qad(
         for form in dict.fromkeys(QAD_FORMS[t] for t in targets):
             wanted = tuple(t for t in targets if QAD_FORMS[t] == form)
             t1 = time.perf_counter()
-            qat = prepare_qat(copy.deepcopy(model), batches, wanted[0])
+            qat, folded = prepare_qat(copy.deepcopy(model), batches, wanted[0])
             val_before = float(validate(qat)["val_top1"])
             start = copy.deepcopy(qat.state_dict())
             console.print(f"QAD ({form.upper()} form): fake-quantized student, val top-1 {val_before:.4f} before "
@@ -121,6 +122,7 @@ def run_qad(
             info = {"form": form, "epochs": epochs, "lr": cfg.optimizer.lr, "images": len(data),
                     "temperature": temperature, "alpha": alpha, "library": "nncf",
                     "teacher": "the FP32 student (logits cached per image and flip)",
+                    "batchnorms_folded": folded.norms, "dead_channels_zeroed": folded.dead_channels,
                     "val_top1_before": val_before, "val_top1_after": engine.best_val_top1, "kept_start": kept_start,
                     "teacher_logits_s": round(logits_s, 1), "train_s": round(time.perf_counter() - t1, 1)}  # fmt: skip
             # The fine-tuned model's own predictions, once per form: each artifact's agreement is measured on them.
@@ -157,6 +159,8 @@ def _export(
     if target in PTQ_FILES:
         entry["form"] = form = qdq_form(onnx.load(str(path)))
         entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / PTQ_FILES[target])
+    if target == "tensorrt":  # its own engine (model.qad.<gpu>.engine), beside PTQ's
+        entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem=ENGINE_STEM)
     verdict = "PASS" if report.passed else "FAIL"
     console.print(f"{QAD_FILES[target]}: {verdict} top-1 {report.int8_top1:.4f} vs FP32 {fp32_top1:.4f} (drop "
                   f"{report.drop_points:.2f} points, tolerance {tolerance_points}), all layers INT8; agrees with the "
@@ -169,6 +173,7 @@ QAD_FORMATS = {
     "tensorrt": "QDQ S8S8 symmetric, per-channel weights, float bias (TensorRT explicit quantization)",
     "openvino": "OpenVINO IR from the QAD QDQ graph, float bias",
 }
+ENGINE_STEM = "model.qad"
 # The PTQ file of the same form, which a QAD file's Q/DQ form must match.
 PTQ_FILES = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8.tensorrt.onnx"}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from distill.config import DistillConfig, StrictModel, StudentConfig, TrainConfig
 from distill.methods.plan import plan_distillation
@@ -87,6 +87,30 @@ class ExportStepConfig(StrictModel):
     qad_images: PositiveInt | None = Field(None, description="class-stratified training images; default: all")
 
 
+class PruneStepConfig(StrictModel):
+    """What `toolkit run` prunes after distillation (the `toolkit prune` options); export, eval, bench and report
+    then take the pruned run (RUN/pruned)."""
+
+    macs: float | None = Field(None, gt=0.0, lt=1.0, description="keep at most this fraction of the MACs")
+    params: float | None = Field(None, gt=0.0, lt=1.0, description="keep at most this fraction of the parameters")
+    round_to: PositiveInt = Field(8, description="channel counts become multiples of this (8 or 16 for INT8)")
+    max_layer_ratio: float = Field(0.75, gt=0.0, lt=1.0, description="at most this fraction of a layer's channels")
+    global_pruning: bool = Field(False, description="rank channel groups across layers (toolkit prune --global)")
+    keep: list[str] = Field([], description="layer names left whole")
+    recover: Literal["kd", "ce", "none"] = "kd"
+    epochs: PositiveInt = 5
+    lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr")
+    temperature: PositiveFloat = 4.0
+    alpha: float = Field(0.9, ge=0.0, le=1.0, description="KD weight; CE gets 1 - alpha")
+    bn_images: int = Field(1024, ge=0, description="images to re-estimate BatchNorm statistics on (0: skip)")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PruneStepConfig:
+        if (self.macs is None) == (self.params is None):
+            raise ValueError("give exactly one budget: prune.macs or prune.params (a fraction of today's, e.g. 0.5)")
+        return self
+
+
 class BenchStepConfig(StrictModel):
     """What `toolkit run` benchmarks (the `toolkit bench` options)."""
 
@@ -110,6 +134,7 @@ class Recipe(StrictModel):
     student: StudentConfig = StudentConfig()
     train: TrainConfig = TrainConfig()
     distill: DistillConfig | None = Field(None, description="distillation method, teacher and cache (toolkit distill)")
+    prune: PruneStepConfig | None = Field(None, description="structured pruning + recovery (toolkit prune)")
     export: ExportStepConfig = ExportStepConfig()
     bench: BenchStepConfig = BenchStepConfig()
 
