@@ -8,7 +8,7 @@ import numpy as np
 from torch import nn
 
 from distill.evaluate import predict_logits
-from runtime.classifier import OnnxClassifier
+from runtime.classifier import Classifier
 from runtime.datasets import Dataset
 
 
@@ -51,11 +51,12 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, tolerance: floa
 
 def check_parity(
     model: nn.Module,
-    onnx_model: OnnxClassifier,
+    onnx_model: Classifier,
     images: Dataset,
     tolerance: float = 1e-3,
     min_agreement: float = 0.99,
 ) -> Parity:
-    """Torch (eval mode, fp32) and ONNX Runtime on the same images through the same contract."""
+    """Torch (eval mode, fp32) and an exported model (ONNX Runtime, ExecuTorch) on the same images through the
+    same contract."""
     reference = predict_logits(model, images, onnx_model.contract, batch_size=64)
     return compare_logits(reference, onnx_model.predict(images), tolerance, min_agreement)

@@ -41,6 +41,8 @@ KNOWN = {
     "int8_onnxruntime_qad": ("ONNX Runtime INT8 U8S8, QAD", "onnxruntime", "int8"),
     "int8_tensorrt_qad": ("TensorRT-form INT8 S8S8, QAD (in ONNX Runtime)", "onnxruntime", "int8"),
     "int8_openvino_qad": ("OpenVINO INT8, QAD", "openvino", "int8"),
+    "executorch": ("ExecuTorch FP32 (XNNPACK)", "executorch", "fp32"),
+    "int8_executorch": ("ExecuTorch INT8 (XNNPACK)", "executorch", "int8"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {
@@ -51,6 +53,8 @@ REFERENCE = {
     "int8_onnxruntime_qad": "onnx",
     "int8_openvino_qad": "openvino",
     "int8_tensorrt_qad": "onnx",
+    "executorch": "student",
+    "int8_executorch": "executorch",
 }
 # TensorRT engines built from a Q/DQ file: the file's manifest key -> (the engine's key, label).
 ENGINES = {

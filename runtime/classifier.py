@@ -1,8 +1,10 @@
-"""Inference sessions that carry their preprocessing contract: ONNX Runtime, OpenVINO IR, TensorRT engines.
+"""Inference sessions that carry their preprocessing contract: ONNX Runtime, OpenVINO IR, TensorRT engines,
+ExecuTorch programs.
 
-No torch: this is what runs on the device. ``toolkit export`` writes the metadata read here (ONNX
-metadata_props; OpenVINO rt_info under toolkit/preprocess; a TensorRT engine's ``<engine>.json`` sidecar,
-since engines hold no metadata). Engines are imported when first used. A raw image goes in through
+No torch at import: this is what runs on the device (ExecuTorch's Python runtime imports torch when an
+ExecuTorch session opens). ``toolkit export`` writes the metadata read here (ONNX metadata_props; OpenVINO
+rt_info under toolkit/preprocess; a TensorRT engine's ``<engine>.json`` sidecar, since engines hold no
+metadata; an ExecuTorch program's constant methods). Engines are imported when first used. A raw image goes in through
 ``classify`` and a label comes out.
 """
 
@@ -32,6 +34,10 @@ META_INT8_TARGET = "toolkit.int8_target"
 # TensorRT there, so it runs the graph as written.
 TENSORRT_FORM_DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 OV_PREPROCESS = ["toolkit", "preprocess"]
+# An ExecuTorch program's constant methods that hold the contract and the file format (export/executorch_export).
+EXECUTORCH_PREPROCESS_METHOD = "toolkit_preprocess"
+EXECUTORCH_FORMAT_METHOD = "toolkit_format"
+EXECUTORCH_PRECISION_METHOD = "toolkit_precision"
 
 
 class Classifier(ABC):
@@ -255,6 +261,45 @@ class TensorRTClassifier(Classifier):
             self._cudart.cudaFree(d_out)
 
 
+class ExecuTorchClassifier(Classifier):
+    """An ExecuTorch program (.pte, XNNPACK delegate) run by ExecuTorch's Python runtime, which itself imports
+    torch (on a phone the same file runs under ExecuTorch's C++ runtime, without it)."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ToolkitError(f"{self.path}: ExecuTorch program not found")
+        try:
+            from executorch.runtime import Runtime
+        except ImportError as exc:
+            raise ToolkitError(f"{self.path}: running it needs executorch (pip install "
+                               f"'edge-distill-toolkit[mobile]'): {exc}") from exc  # fmt: skip
+        if threads:
+            # XNNPACK's thread pool is one per process: the latest session's thread count holds for all.
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)
+        try:
+            program = Runtime.get().load_program(self.path)
+        except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError for bad files
+            raise ToolkitError(f"{self.path}: ExecuTorch cannot load it ({type(exc).__name__}: {exc})") from exc
+        if EXECUTORCH_PREPROCESS_METHOD not in program.method_names:
+            raise ToolkitError(f"{self.path}: no {EXECUTORCH_PREPROCESS_METHOD} method; export it with "
+                               "`toolkit export --format executorch`")  # fmt: skip
+        text = program.load_method(EXECUTORCH_PREPROCESS_METHOD).execute([])[0]
+        self.contract = load_contract(self.path, text)
+        self.precision = (program.load_method(EXECUTORCH_PRECISION_METHOD).execute([])[0]
+                          if EXECUTORCH_PRECISION_METHOD in program.method_names else "fp32")  # fmt: skip
+        self.method = program.load_method("forward")
+        self._torch = __import__("torch")
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.method.execute([self._torch.from_numpy(batch)])[0].numpy()
+        except Exception as exc:  # noqa: BLE001
+            raise ToolkitError(f"{self.path}: ExecuTorch failed on a {tuple(batch.shape)} batch ({exc})") from exc
+
+
 def open_classifier(
     path: str | os.PathLike[str],
     providers: list[str] | None = None,
@@ -263,7 +308,8 @@ def open_classifier(
     device: str = "CPU",
     settings: dict[str, object] | None = None,
 ) -> Classifier:
-    """The right session for a model file, by its kind: .onnx, OpenVINO .xml, or a TensorRT .engine."""
+    """The right session for a model file, by its kind: .onnx, OpenVINO .xml, a TensorRT .engine or an
+    ExecuTorch .pte."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxClassifier(path, providers, threads, provider_options, settings)
@@ -271,7 +317,11 @@ def open_classifier(
         return OpenVinoClassifier(path, device, threads, settings)
     if path.suffix in (".engine", ".plan"):
         return TensorRTClassifier(path)
-    raise ToolkitError(f"{path}: unknown model kind; expected .onnx, OpenVINO .xml or TensorRT .engine")
+    if path.suffix == ".pte":
+        return ExecuTorchClassifier(path, threads)
+    raise ToolkitError(
+        f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine or ExecuTorch .pte"
+    )
 
 
 _ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",

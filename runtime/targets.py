@@ -16,7 +16,7 @@ import yaml
 
 from runtime.errors import ToolkitError, did_you_mean
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 FIELDS = (
     "description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes",
@@ -58,6 +58,11 @@ class TargetProfile:
             devices = ov.Core().available_devices
             if self.device not in devices:
                 return f"OpenVINO device {self.device} is missing (available: {', '.join(devices) or 'none'})"
+        elif self.backend == "executorch":
+            import importlib.util
+
+            if importlib.util.find_spec("executorch") is None:
+                return "executorch is not installed (pip install 'edge-distill-toolkit[mobile]')"
         else:
             try:
                 import tensorrt  # noqa: F401

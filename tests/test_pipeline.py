@@ -140,6 +140,7 @@ def test_prune_section_prunes_the_distilled_student_and_ships_the_pruned_run(rec
     [
         ("bench.targets=[ort-cpu-1x]", "bench.targets[0]: unknown target 'ort-cpu-1x'. Did you mean"),
         ("bench.targets=[openvino-cpu]", "add 'openvino' to export.backends"),
+        ("bench.targets=[executorch-xnnpack-cpu]", "add 'executorch' to export.formats"),
         ("data.test=null", "data.test: `toolkit run` evaluates every artifact"),
         (("export.recover=auto", "export.int8=false"), "export.recover: --recover auto: recovers INT8 accuracy"),
         (("prune.macs=0.5", "prune.keep=[layer9]"), "prune.keep[0]: no layer 'layer9' in resnet18. Did you mean"),

@@ -254,6 +254,14 @@ def export_(
             "(IR in model.openvino/; INT8 by NNCF in model.int8.openvino/), or all. Repeatable."
         ),
     ] = ["onnxruntime"],  # noqa: B006 - typer reads list defaults
+    format_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--format",
+            help="Phone/board format(s) beside the ONNX model: executorch (model.pte, XNNPACK delegate; INT8 "
+            "model.int8.pte with --int8). Repeatable.",
+        ),
+    ] = None,
     calib_size: Annotated[
         int, typer.Option(help="Calibration images, class-stratified from the run's training split.")
     ] = 512,
@@ -309,11 +317,14 @@ def export_(
     from toolkit.exporting import run_export
 
     targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
+    formats = tuple(dict.fromkeys(format_ or ()))
     if target:
         from runtime.targets import get_target, load_targets
+        from toolkit.mobile_export import MOBILE_FORMATS
 
         profiles = [get_target(name, load_targets(targets_file)) for name in target]
-        targets = tuple(dict.fromkeys(p.backend for p in profiles))
+        targets = tuple(dict.fromkeys(p.backend for p in profiles if p.backend not in MOBILE_FORMATS))
+        formats = tuple(dict.fromkeys(p.backend for p in profiles if p.backend in MOBILE_FORMATS))
         int8 = any("int8" in p.precisions for p in profiles)
     with _locked(run):
         run_export(
@@ -331,6 +342,7 @@ def export_(
             qad_lr=qad_lr,
             qad_images=qad_images,
             resume=resume,
+            formats=formats,
             console=console,
         )
 

@@ -21,6 +21,7 @@ from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from toolkit.evaluation import load_run_student
+from toolkit.mobile_export import check_formats, export_format
 from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
 from toolkit.recipe import Recipe
 from toolkit.rundir import read_manifest, update_manifest
@@ -62,15 +63,18 @@ def run_export(
     qad_lr: float | None = None,
     qad_images: int | None = None,
     resume: bool = False,
+    formats: tuple[str, ...] = (),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
-    fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed)."""
+    fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
+    ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
     for t in targets:
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     check_recover(recover, int8, targets, qad_epochs, qad_images)
+    check_formats(formats)
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
@@ -87,7 +91,8 @@ def run_export(
     t0 = time.perf_counter()
     export_onnx(model, contract, onnx_path)
     fp32 = OnnxClassifier(onnx_path)
-    parity = check_parity(model, fp32, val_set.subset(range(min(parity_images, len(val_set)))))
+    parity_set = val_set.subset(range(min(parity_images, len(val_set))))
+    parity = check_parity(model, fp32, parity_set)
     if not parity.passed:
         onnx_path.unlink()
         raise ToolkitError(f"ONNX parity check failed, model.onnx removed: {parity.describe()}")
@@ -108,8 +113,13 @@ def run_export(
         console.print(f"{OPENVINO_FP32}: parity vs ONNX Runtime: {ov_agreement.describe()}")
 
     failed: list[str] = []
-    if int8:
-        batches = calibration_batches(train_set, contract, calib_size, recipe.seed)
+    batches = calibration_batches(train_set, contract, calib_size, recipe.seed) if int8 else None
+    for name in formats:
+        entries, format_failed = export_format(name, model, contract, run_dir, parity_set, held_out, fp32_top1,
+                                               batches, tolerance_points, console)  # fmt: skip
+        section.update(entries)
+        failed += format_failed
+    if batches is not None:
         section["calibration"] = {
             "images": sum(len(b) for b in batches),
             "method": calib_method,

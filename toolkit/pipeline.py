@@ -24,6 +24,7 @@ from runtime.hashing import sha256_file
 from runtime.latency import RunLimits
 from runtime.targets import get_target, load_targets
 from runtime.verdict import describe_verdict
+from toolkit.mobile_export import MOBILE_FORMATS
 from toolkit.recipe import DataSourceConfig, Recipe
 
 STATE = "pipeline.json"
@@ -51,7 +52,11 @@ def check_run_recipe(recipe: Recipe) -> None:
         if reason:
             raise ToolkitError(f"bench.targets[{i}]: {name} cannot run on this machine: {reason} (toolkit targets)")
         needed = profile.backend
-        if needed not in recipe.export.backends:
+        if needed in MOBILE_FORMATS:
+            if needed not in recipe.export.formats:
+                raise ToolkitError(f"bench.targets[{i}]: {name} runs {needed} programs; add {needed!r} to "
+                                   "export.formats")  # fmt: skip
+        elif needed not in recipe.export.backends:
             raise ToolkitError(
                 f"bench.targets[{i}]: {name} runs {needed} models but export.backends is {recipe.export.backends}; "
                 f"add {needed!r} to export.backends"
@@ -205,7 +210,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
         run_export(run_dir, int8=e.int8, targets=tuple(e.backends), calib_size=e.calib_size,
                    calib_method=e.calib_method, tolerance_points=e.tolerance, held_out_images=e.held_out_images,
                    recover=e.recover, qad_epochs=e.qad_epochs, qad_lr=e.qad_lr, qad_images=e.qad_images,
-                   console=console)  # fmt: skip
+                   formats=tuple(e.formats), console=console)  # fmt: skip
         return _artifact_files(run_dir)
 
     pipe.run_step("export", _digest(pipe.output_digest(last), r["export"]), export)

@@ -1,0 +1,110 @@
+"""`toolkit export --format NAME`: phone and board formats beside the ONNX model, with the same checks: the
+contract inside the file, parity with the PyTorch student, INT8 calibrated on the same images behind the guard.
+
+Formats are data (MOBILE_FORMATS); each names its files, its manifest keys and the module that writes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from torch import nn
+
+from export.guard import GuardReport
+from export.parity import check_parity
+from runtime.artifacts import file_entry
+from runtime.classifier import open_classifier
+from runtime.datasets import Dataset
+from runtime.errors import ToolkitError, did_you_mean
+from runtime.preprocess import PreprocessContract
+
+
+@dataclass(frozen=True)
+class MobileFormat:
+    name: str
+    fp32_file: str
+    int8_file: str
+    description: str
+    int8_description: str
+
+    @property
+    def fp32_key(self) -> str:
+        return self.name
+
+    @property
+    def int8_key(self) -> str:
+        return f"int8_{self.name}"
+
+
+MOBILE_FORMATS = {
+    "executorch": MobileFormat(
+        "executorch", "model.pte", "model.int8.pte", "ExecuTorch program, XNNPACK delegate, FP32",
+        "ExecuTorch program, XNNPACK delegate, INT8 (PT2E, XNNPACK quantizer: symmetric, per-channel weights)",
+    ),
+}  # fmt: skip
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Unknown formats (with a did-you-mean) and formats whose exporter is not installed: an error before
+    anything is written."""
+    for name in formats:
+        if name not in MOBILE_FORMATS:
+            raise ToolkitError(f"--format {name!r} is not one of {', '.join(MOBILE_FORMATS)}."
+                               + did_you_mean(name, MOBILE_FORMATS))  # fmt: skip
+        reason = _unavailable(name)
+        if reason:
+            raise ToolkitError(f"--format {name}: {reason}")
+
+
+def _unavailable(name: str) -> str | None:
+    from export.executorch_export import unavailable_reason
+
+    return unavailable_reason()
+
+
+def export_format(
+    name: str, model: nn.Module, contract: PreprocessContract, run_dir: Path, parity_images: Dataset,
+    held_out: Dataset, fp32_top1: float, batches: list[np.ndarray] | None, tolerance_points: float, console: Console,
+) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """FP32 (parity-checked) and, with calibration ``batches``, INT8 (guarded) files of one format; their
+    manifest entries and the INT8 file when its guard failed."""
+    from export.executorch_export import export_executorch
+
+    fmt = MOBILE_FORMATS[name]
+    section: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    fp32_path = run_dir / fmt.fp32_file
+    info = export_executorch(model, contract, fp32_path)
+    parity = check_parity(model, open_classifier(fp32_path), parity_images)
+    if not parity.passed:
+        fp32_path.unlink()
+        raise ToolkitError(f"{fmt.fp32_file}: parity check failed, file removed: {parity.describe()}")
+    section[fmt.fp32_key] = {**file_entry(fp32_path), "format": fmt.description, "parity": parity.to_dict(),
+                             **info, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    console.print(f"{fmt.fp32_file} in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}"
+                  + _outside(info))  # fmt: skip
+    if batches is None:
+        return section, []
+    t0 = time.perf_counter()
+    int8_path = run_dir / fmt.int8_file
+    info = export_executorch(model, contract, int8_path, calibration=batches)
+    predictions = open_classifier(int8_path).predict(held_out)
+    report = GuardReport(tolerance_points, fp32_top1, float((predictions.argmax(1) == held_out.labels).mean()))
+    verdict = report.to_dict()
+    verdict["fallback"] = "none: every quantizable layer is INT8 (no float fallback for this format yet)"
+    section[fmt.int8_key] = {**file_entry(int8_path), "format": fmt.int8_description, "guard": verdict, **info,
+                             "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    console.print(f"{fmt.int8_file}: {verdict['verdict']} top-1 {report.int8_top1:.4f} vs FP32 {fp32_top1:.4f} "
+                  f"(drop {report.drop_points:.2f} points, tolerance {tolerance_points}) on {len(held_out)} "
+                  "held-out images" + _outside(info))  # fmt: skip
+    return section, ([] if report.passed else [fmt.int8_file])
+
+
+def _outside(info: dict[str, Any]) -> str:
+    ops = info.get("not_delegated") or {}
+    return f"; outside the delegate (portable kernels): {', '.join(ops)}" if ops else ""
