@@ -1,11 +1,11 @@
-"""Phone/board formats beside ONNX Runtime and OpenVINO on real Fashion-MNIST: test top-1, drop and agreement
-vs the PyTorch student, file size, and batch-1 latency (1 thread, interleaved rounds) at the training resolution
-and at 224 px.
+"""Phone/board formats (ExecuTorch, NCNN) beside ONNX Runtime and OpenVINO on real Fashion-MNIST: test top-1,
+drop and agreement vs the PyTorch student, file size, and batch-1 latency (1 thread, interleaved rounds) at the
+training resolution and at 224 px.
 
 Each student is trained by `toolkit train`, then `toolkit export --int8 --backend onnxruntime --backend openvino
---format executorch` writes every artifact with its checks (accuracy rows). The 224 px rows re-export the same
-weights at 224 px (global pooling makes them valid at any size) with INT8 calibrated on random inputs: latency
-only.
+--format executorch` and `toolkit export --format ncnn` write every artifact with its checks (accuracy rows).
+The 224 px rows re-export the same weights at 224 px (global pooling makes them valid at any size) with INT8
+calibrated on random inputs: latency only.
 
     python benchmarks/mobile_formats.py --students resnet18 mobilenetv2_100 --out benchmarks/results/mobile_formats.md
 """
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from prune_recovery import recipe_file, time_interleaved, write_subset  # noqa: E402
 
 from export.executorch_export import export_executorch  # noqa: E402
+from export.ncnn_export import export_ncnn  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
 from export.openvino_export import onnx_to_openvino  # noqa: E402
 from export.quantize import quantize  # noqa: E402
@@ -41,13 +42,14 @@ from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.training import run_train  # noqa: E402
 
 # The artifacts compared, by manifest key.
-KEYS = ("onnx", "int8_onnxruntime", "openvino", "int8_openvino", "executorch", "int8_executorch")
+KEYS = ("onnx", "int8_onnxruntime", "openvino", "int8_openvino", "executorch", "int8_executorch", "ncnn")
 
 
 def accuracy_rows(run: Path, test_root: Path, args: argparse.Namespace, quiet: Console) -> list[dict]:
     """Every artifact of the run on the test set, and its batch-1 latency at the training resolution."""
     run_export(run, int8=True, targets=("onnxruntime", "openvino"), formats=("executorch",),
                calib_size=args.calib_size, held_out_images=args.held_out, allow_fail=True, console=quiet)  # fmt: skip
+    run_export(run, targets=("onnxruntime",), formats=("ncnn",), held_out_images=args.held_out, console=quiet)
     model, contract, _ = load_run_student(run)
     test = load_image_folder(test_root)
     artifacts = {a.key: a for a in run_artifacts(run) if a.key in KEYS}
@@ -86,6 +88,8 @@ def latency_at(run: Path, size: int, work: Path, args: argparse.Namespace) -> di
     files["OpenVINO FP32"] = work / "ov" / "m.xml"
     export_executorch(model, big, work / "m.pte")
     export_executorch(model, big, work / "m.int8.pte", calibration=batches)
+    files["NCNN FP32"] = work / "ncnn" / "model.param"
+    export_ncnn(model, big, files["NCNN FP32"])
     sessions = {k: open_classifier(f, threads=1) for k, f in files.items()}
     return time_interleaved(sessions, size, args.rounds, args.queries)
 

@@ -43,6 +43,7 @@ KNOWN = {
     "int8_openvino_qad": ("OpenVINO INT8, QAD", "openvino", "int8"),
     "executorch": ("ExecuTorch FP32 (XNNPACK)", "executorch", "fp32"),
     "int8_executorch": ("ExecuTorch INT8 (XNNPACK)", "executorch", "int8"),
+    "ncnn": ("NCNN FP32", "ncnn", "fp32"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {
@@ -67,7 +68,7 @@ def file_entry(path: Path) -> dict[str, Any]:
     """The manifest entry of an exported file: name relative to the run, hashes, bytes (an OpenVINO IR is
     model.xml + model.bin in their own folder)."""
     entry: dict[str, Any] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    if path.suffix == ".xml":
+    if path.suffix in (".xml", ".param"):  # OpenVINO IR, NCNN model: the graph file and its weights
         weights = path.with_suffix(".bin")
         entry |= {"file": f"{path.parent.name}/{path.name}", "bin_sha256": sha256_file(weights)}
         entry["bytes"] += weights.stat().st_size

@@ -1,11 +1,11 @@
 """Inference sessions that carry their preprocessing contract: ONNX Runtime, OpenVINO IR, TensorRT engines,
-ExecuTorch programs.
+ExecuTorch programs, NCNN models.
 
 No torch at import: this is what runs on the device (ExecuTorch's Python runtime imports torch when an
 ExecuTorch session opens). ``toolkit export`` writes the metadata read here (ONNX metadata_props; OpenVINO
 rt_info under toolkit/preprocess; a TensorRT engine's ``<engine>.json`` sidecar, since engines hold no
-metadata; an ExecuTorch program's constant methods). Engines are imported when first used. A raw image goes in through
-``classify`` and a label comes out.
+metadata; an ExecuTorch program's constant methods; an NCNN model's model.json). Engines are imported when
+first used. A raw image goes in through ``classify`` and a label comes out.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ OV_PREPROCESS = ["toolkit", "preprocess"]
 EXECUTORCH_PREPROCESS_METHOD = "toolkit_preprocess"
 EXECUTORCH_FORMAT_METHOD = "toolkit_format"
 EXECUTORCH_PRECISION_METHOD = "toolkit_precision"
+# An NCNN model's contract and blob names, beside model.param (its param file holds no metadata).
+NCNN_SIDECAR = "model.json"
 
 
 class Classifier(ABC):
@@ -291,13 +293,60 @@ class ExecuTorchClassifier(Classifier):
         self.precision = (program.load_method(EXECUTORCH_PRECISION_METHOD).execute([])[0]
                           if EXECUTORCH_PRECISION_METHOD in program.method_names else "fp32")  # fmt: skip
         self.method = program.load_method("forward")
+        # Memory is planned for a largest batch (below the exported bound: 15 for a bound of 64 here); larger
+        # batches run in chunks of it.
+        self.max_batch = int(self.method.metadata.input_tensor_meta(0).sizes()[0])
         self._torch = __import__("torch")
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         try:
-            return self.method.execute([self._torch.from_numpy(batch)])[0].numpy()
+            chunks = [batch[i : i + self.max_batch] for i in range(0, len(batch), self.max_batch)]
+            return np.concatenate([self.method.execute([self._torch.from_numpy(c)])[0].numpy() for c in chunks])
         except Exception as exc:  # noqa: BLE001
             raise ToolkitError(f"{self.path}: ExecuTorch failed on a {tuple(batch.shape)} batch ({exc})") from exc
+
+
+class NcnnClassifier(Classifier):
+    """An NCNN model (model.param + model.bin + the model.json contract), one image per extractor call: NCNN's
+    Mat has no batch axis. FP32 arithmetic (NCNN's fp16 storage and arithmetic off), as exported."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+        self.path = Path(path)
+        sidecar = self.path.with_name(NCNN_SIDECAR)
+        for f in (self.path, self.path.with_suffix(".bin"), sidecar):
+            if not f.is_file():
+                raise ToolkitError(f"{f}: not found (`toolkit export --format ncnn` writes model.param, model.bin "
+                                   f"and {NCNN_SIDECAR})")  # fmt: skip
+        try:
+            import ncnn
+        except ImportError as exc:
+            raise ToolkitError(f"{self.path}: running it needs ncnn (pip install ncnn): {exc}") from exc
+        try:
+            meta = json.loads(sidecar.read_text())
+            self.contract = PreprocessContract.from_dict(meta["preprocess"])
+            self.input_name, self.output_name = str(meta["input"]), str(meta["output"])
+        except (ValueError, KeyError, TypeError, ToolkitError) as exc:
+            raise ToolkitError(
+                f"{sidecar}: not a valid NCNN sidecar ({exc!r}); re-export with `toolkit export`"
+            ) from exc
+        self._ncnn = ncnn
+        self.net = ncnn.Net()
+        for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
+            setattr(self.net.opt, flag, False)
+        self.net.opt.num_threads = threads or os.cpu_count() or 1
+        if self.net.load_param(str(self.path)) != 0 or self.net.load_model(str(self.path.with_suffix(".bin"))) != 0:
+            raise ToolkitError(f"{self.path}: ncnn cannot load it (or its .bin); re-export with `toolkit export`")
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        rows = []
+        for image in batch:
+            extractor = self.net.create_extractor()
+            extractor.input(self.input_name, self._ncnn.Mat(np.ascontiguousarray(image)).clone())
+            status, out = extractor.extract(self.output_name)
+            if status != 0:
+                raise ToolkitError(f"{self.path}: ncnn failed on an image (status {status})")
+            rows.append(np.array(out, dtype=np.float32).reshape(-1))
+        return np.stack(rows)
 
 
 def open_classifier(
@@ -308,8 +357,8 @@ def open_classifier(
     device: str = "CPU",
     settings: dict[str, object] | None = None,
 ) -> Classifier:
-    """The right session for a model file, by its kind: .onnx, OpenVINO .xml, a TensorRT .engine or an
-    ExecuTorch .pte."""
+    """The right session for a model file, by its kind: .onnx, OpenVINO .xml, a TensorRT .engine, an
+    ExecuTorch .pte or an NCNN .param."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxClassifier(path, providers, threads, provider_options, settings)
@@ -319,8 +368,10 @@ def open_classifier(
         return TensorRTClassifier(path)
     if path.suffix == ".pte":
         return ExecuTorchClassifier(path, threads)
+    if path.suffix == ".param":
+        return NcnnClassifier(path, threads)
     raise ToolkitError(
-        f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine or ExecuTorch .pte"
+        f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine, ExecuTorch .pte or NCNN .param"
     )
 
 

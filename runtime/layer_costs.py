@@ -170,6 +170,8 @@ def graph_precision(path: Path) -> str:
         return "int8" if ops & {"QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"} else "fp32"
     if path.suffix == ".xml":
         return "int8" if 'type="FakeQuantize"' in path.read_text(errors="replace") else "fp32"
+    if path.suffix == ".param":  # NCNN models are exported with FP32 weights only
+        return "fp32"
     if path.suffix == ".pte":  # an ExecuTorch program says which (its toolkit_precision method)
         from runtime.classifier import ExecuTorchClassifier
 

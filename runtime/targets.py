@@ -16,7 +16,7 @@ import yaml
 
 from runtime.errors import ToolkitError, did_you_mean
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn")
 PRECISIONS = ("fp32", "fp16", "int8")
 FIELDS = (
     "description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes",
@@ -58,11 +58,11 @@ class TargetProfile:
             devices = ov.Core().available_devices
             if self.device not in devices:
                 return f"OpenVINO device {self.device} is missing (available: {', '.join(devices) or 'none'})"
-        elif self.backend == "executorch":
+        elif self.backend in ("executorch", "ncnn"):
             import importlib.util
 
-            if importlib.util.find_spec("executorch") is None:
-                return "executorch is not installed (pip install 'edge-distill-toolkit[mobile]')"
+            if importlib.util.find_spec(self.backend) is None:
+                return f"{self.backend} is not installed (pip install 'edge-distill-toolkit[mobile]')"
         else:
             try:
                 import tensorrt  # noqa: F401

@@ -48,10 +48,10 @@ def _session(artifact: Artifact, target: TargetProfile, settings: dict[str, Any]
 
 def _model_artifact(path: Path) -> Artifact:
     kind = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt",
-            ".pte": "executorch"}.get(path.suffix)  # fmt: skip
+            ".pte": "executorch", ".param": "ncnn"}.get(path.suffix)  # fmt: skip
     if kind is None or not path.is_file():
         raise ToolkitError(f"{path}: not a run directory or a model file (.onnx, OpenVINO .xml, TensorRT .engine, "
-                           "ExecuTorch .pte)")  # fmt: skip
+                           "ExecuTorch .pte, NCNN .param)")  # fmt: skip
     return Artifact(path.name, path.name, kind, graph_precision(path), path, path.stat().st_size)
 
 
@@ -160,8 +160,8 @@ def _cost_source(artifact: Artifact, run_dir: Path | None) -> Path | None:
     """The graph MACs are counted from: the artifact itself, or for an engine the Q/DQ ONNX it was built from."""
     if artifact.path.suffix in (".onnx", ".xml"):
         return artifact.path
-    if artifact.path.suffix == ".pte":  # the same network as the run's ONNX model (its MACs; bytes by precision)
-        onnx_model = artifact.path.with_name("model.onnx")
+    if artifact.path.suffix in (".pte", ".param"):  # the run's ONNX model is the same network (its MACs)
+        onnx_model = (run_dir or artifact.path.parent) / "model.onnx"
         return onnx_model if onnx_model.is_file() else None
     if run_dir is not None:
         entry = read_run_manifest(run_dir).get("exports", {}).get("int8_tensorrt", {})

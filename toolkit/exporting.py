@@ -74,7 +74,7 @@ def run_export(
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     check_recover(recover, int8, targets, qad_epochs, qad_images)
-    check_formats(formats)
+    check_formats(formats, int8)
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)

@@ -6,9 +6,11 @@ Formats are data (MOBILE_FORMATS); each names its files, its manifest keys and t
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,9 +30,12 @@ from runtime.preprocess import PreprocessContract
 class MobileFormat:
     name: str
     fp32_file: str
-    int8_file: str
+    int8_file: str | None  # None: no calibrated INT8 path here (the exporter's int8_unavailable_reason says why)
     description: str
     int8_description: str
+    exporter: (
+        str  # module under export/ with unavailable_reason() and export_<name>(model, contract, path[, calibration])
+    )
 
     @property
     def fp32_key(self) -> str:
@@ -45,26 +50,32 @@ MOBILE_FORMATS = {
     "executorch": MobileFormat(
         "executorch", "model.pte", "model.int8.pte", "ExecuTorch program, XNNPACK delegate, FP32",
         "ExecuTorch program, XNNPACK delegate, INT8 (PT2E, XNNPACK quantizer: symmetric, per-channel weights)",
+        "export.executorch_export",
+    ),
+    "ncnn": MobileFormat(
+        "ncnn", "model.ncnn/model.param", None, "NCNN param/bin through PNNX, FP32 weights", "",
+        "export.ncnn_export",
     ),
 }  # fmt: skip
 
 
-def check_formats(formats: tuple[str, ...]) -> None:
-    """Unknown formats (with a did-you-mean) and formats whose exporter is not installed: an error before
-    anything is written."""
+def check_formats(formats: tuple[str, ...], int8: bool = False) -> None:
+    """Unknown formats (with a did-you-mean), formats whose exporter is not installed, and INT8 asked of a
+    format without a calibrated INT8 path: an error before anything is written."""
     for name in formats:
         if name not in MOBILE_FORMATS:
             raise ToolkitError(f"--format {name!r} is not one of {', '.join(MOBILE_FORMATS)}."
                                + did_you_mean(name, MOBILE_FORMATS))  # fmt: skip
-        reason = _unavailable(name)
+        exporter = _exporter(name)
+        reason = exporter.unavailable_reason()
         if reason:
             raise ToolkitError(f"--format {name}: {reason}")
+        if int8 and MOBILE_FORMATS[name].int8_file is None:
+            raise ToolkitError(f"--int8 --format {name}: {exporter.int8_unavailable_reason()}")
 
 
-def _unavailable(name: str) -> str | None:
-    from export.executorch_export import unavailable_reason
-
-    return unavailable_reason()
+def _exporter(name: str) -> ModuleType:
+    return importlib.import_module(MOBILE_FORMATS[name].exporter)
 
 
 def export_format(
@@ -73,13 +84,12 @@ def export_format(
 ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
     """FP32 (parity-checked) and, with calibration ``batches``, INT8 (guarded) files of one format; their
     manifest entries and the INT8 file when its guard failed."""
-    from export.executorch_export import export_executorch
-
     fmt = MOBILE_FORMATS[name]
+    export = getattr(_exporter(name), f"export_{name}")
     section: dict[str, Any] = {}
     t0 = time.perf_counter()
     fp32_path = run_dir / fmt.fp32_file
-    info = export_executorch(model, contract, fp32_path)
+    info = export(model, contract, fp32_path)
     parity = check_parity(model, open_classifier(fp32_path), parity_images)
     if not parity.passed:
         fp32_path.unlink()
@@ -88,11 +98,11 @@ def export_format(
                              **info, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     console.print(f"{fmt.fp32_file} in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}"
                   + _outside(info))  # fmt: skip
-    if batches is None:
+    if batches is None or fmt.int8_file is None:
         return section, []
     t0 = time.perf_counter()
     int8_path = run_dir / fmt.int8_file
-    info = export_executorch(model, contract, int8_path, calibration=batches)
+    info = export(model, contract, int8_path, calibration=batches)
     predictions = open_classifier(int8_path).predict(held_out)
     report = GuardReport(tolerance_points, fp32_top1, float((predictions.argmax(1) == held_out.labels).mean()))
     verdict = report.to_dict()

@@ -73,7 +73,9 @@ class ExportStepConfig(StrictModel):
 
     int8: bool = True
     backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
-    formats: list[Literal["executorch"]] = Field([], description="phone/board formats (toolkit export --format)")
+    formats: list[Literal["executorch", "ncnn"]] = Field(
+        [], description="phone/board formats (toolkit export --format)"
+    )
     calib_size: PositiveInt = 256
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     tolerance: float = Field(0.5, ge=0.0, description="largest accepted INT8 top-1 drop, in points")

@@ -1,0 +1,116 @@
+"""torch student -> NCNN model (model.param + model.bin) through PNNX, FP32 weights, with a contract sidecar.
+
+NCNN's param file holds no metadata, so the preprocessing contract, the format and the blob names ride in
+``model.json`` beside it (as for TensorRT engines). NCNN runs one image at a time (its Mat has no batch axis):
+the session loops over a batch. INT8 needs ncnn's own tools (ncnn2table, ncnn2int8), which the pip packages do
+not ship: refused before export (see ``int8_unavailable_reason``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.atomic import write_bytes, write_json
+from runtime.classifier import NCNN_SIDECAR
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+
+FORMAT = "edge-distill-classifier/1"
+
+
+def unavailable_reason() -> str | None:
+    """None when PNNX and ncnn are installed, else what to install."""
+    for package in ("pnnx", "ncnn"):
+        try:
+            __import__(package)
+        except ImportError:
+            return f"the {package} package is not installed (pip install 'edge-distill-toolkit[mobile]')"
+    return None
+
+
+def int8_unavailable_reason() -> str:
+    """Why NCNN INT8 cannot be written here: ncnn's INT8 models come from its ncnn2table (calibration) and
+    ncnn2int8 tools, built from ncnn's sources; the toolkit does not drive them yet."""
+    missing = [tool for tool in ("ncnn2table", "ncnn2int8") if shutil.which(tool) is None]
+    tools = f"ncnn's {' and '.join(missing)} (not in the ncnn/pnnx pip packages)" if missing else "ncnn2table"
+    return f"NCNN INT8 needs {tools}, which the toolkit does not drive yet; export NCNN without --int8"
+
+
+def export_ncnn(model: nn.Module, contract: PreprocessContract, param_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``param_path`` (NCNN graph), its .bin (FP32 weights) and the contract sidecar; returns their names."""
+    reason = unavailable_reason()
+    if reason:
+        raise ToolkitError(f"cannot export to NCNN here: {reason}")
+    import pnnx
+
+    param_path = Path(param_path)
+    h, w = contract.input_size
+    model = model.eval()
+    with tempfile.TemporaryDirectory() as work:
+        traced = Path(work) / "student.pt"
+        param, weights = Path(work) / "student.ncnn.param", Path(work) / "student.ncnn.bin"
+        log = Path(work) / "pnnx.log"
+        try:
+            with torch.no_grad(), _stderr_to(log), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation: PNNX traces
+                pnnx.export(model, str(traced), (torch.zeros(1, 3, h, w),), ncnnparam=str(param),
+                            ncnnbin=str(weights), fp16=False)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - tracing and conversion raise many kinds
+            raise ToolkitError(f"NCNN export (PNNX) failed: {type(exc).__name__}: {exc}") from exc
+        if not param.is_file() or not weights.is_file():
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+            raise ToolkitError("NCNN export (PNNX) wrote no model: the student has an op PNNX cannot convert; "
+                               "PNNX said: " + " | ".join(tail))  # fmt: skip
+        inputs, outputs = blob_names(param.read_text())
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ToolkitError(f"NCNN export: expected one input and one output blob, got {inputs} -> {outputs}")
+        param_path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(param_path.with_suffix(".bin"), weights.read_bytes())
+        write_json(param_path.with_name(NCNN_SIDECAR), {"preprocess": contract.to_dict(), "format": FORMAT,
+                                                        "input": inputs[0], "output": outputs[0]})  # fmt: skip
+        write_bytes(param_path, param.read_bytes())  # last: a half-written export has no .param to load
+    return {"input": inputs[0], "output": outputs[0], "layers": len(param_layers(param_path.read_text()))}
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's stderr (file descriptor 2, which the pnnx binary inherits) to ``path`` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def param_layers(text: str) -> list[list[str]]:
+    """The layer lines of an NCNN param file (after the magic number and the counts line), split in fields."""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    return lines[2:]
+
+
+def blob_names(text: str) -> tuple[list[str], list[str]]:
+    """The graph's input blobs (Input layers) and its output blobs (produced, never consumed)."""
+    produced, consumed, inputs = [], set(), []
+    for fields in param_layers(text):
+        kind, n_in, n_out = fields[0], int(fields[2]), int(fields[3])
+        ins, outs = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
+        consumed.update(ins)
+        produced += outs
+        if kind == "Input":
+            inputs += outs
+    return inputs, [b for b in produced if b not in consumed and b not in inputs]

@@ -1,0 +1,71 @@
+"""`toolkit export --format`: the format registry's checks before export, and every phone/board format end to
+end (export, eval, bench on its target)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_image_folder, write_recipe
+from typer.testing import CliRunner
+
+from runtime.artifacts import run_artifacts
+from runtime.errors import ToolkitError
+from toolkit.cli import app
+from toolkit.mobile_export import check_formats
+
+pytest.importorskip("executorch")
+pytest.importorskip("ncnn")
+
+
+def test_formats_are_checked_before_export() -> None:
+    with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn. Did you mean"):
+        check_formats(("executorh",))
+    with pytest.raises(ToolkitError, match="--int8 --format ncnn: NCNN INT8 needs .*export NCNN without --int8"):
+        check_formats(("executorch", "ncnn"), int8=True)
+    check_formats(("executorch", "ncnn"))
+    check_formats(("executorch",), int8=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("et")
+    recipe = write_recipe(tmp / "r.yaml", write_image_folder(tmp / "data", per_class=10, size=20), epochs=1)
+    res = CliRunner().invoke(app, ["train", str(recipe), "--out", str(tmp / "run")])
+    assert res.exit_code == 0, res.output
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
+    runner = CliRunner()
+    args = ["export", str(tiny_run), "--int8", "--format", "executorch", "--tolerance", "100", "--held-out-images",
+            "8", "--calib-size", "8"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--format", "ncnn"])  # no NCNN INT8 here: refused before anything is written
+    assert isinstance(res.exception, ToolkitError) and not (tiny_run / "model.onnx").exists()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["export", str(tiny_run), "--format", "ncnn", "--held-out-images", "8"])
+    assert res.exit_code == 0, res.output
+    exports = json.loads((tiny_run / "manifest.json").read_text())["exports"]
+    assert exports["executorch"]["parity"]["passed"] and exports["executorch"]["file"] == "model.pte"
+    assert exports["int8_executorch"]["guard"]["verdict"] == "PASS" and exports["int8_executorch"]["delegate_calls"]
+    assert exports["ncnn"]["parity"]["passed"] and exports["ncnn"]["file"] == "model.ncnn/model.param"
+    assert "executorch" in exports  # a later export keeps the earlier ones' entries
+    assert {"executorch", "int8_executorch", "ncnn"} <= {a.key for a in run_artifacts(tiny_run)}
+    test = write_image_folder(tiny_run.parent / "test", per_class=2, seed=3, size=20)
+    res = runner.invoke(app, ["eval", str(tiny_run), "--data", str(test), "--artifact", "all"])
+    assert res.exit_code == 0, res.output
+    assert "ExecuTorch INT8 (XNNPACK)" in res.output and "NCNN FP32" in res.output
+    res = runner.invoke(app, ["bench", str(tiny_run), "--target", "executorch-xnnpack-cpu", "--min-duration",
+                              "0.05", "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bench = json.loads((tiny_run / "bench" / "executorch-xnnpack-cpu.json").read_text())
+    assert {r["artifact"] for r in bench["artifacts"]} == {"executorch", "int8_executorch"}
+    assert all(r["single_stream"]["p50_ms"] > 0 and "gmacs_per_image" in r["roofline"] for r in bench["artifacts"])
+    res = runner.invoke(app, ["bench", str(tiny_run), "--target", "ncnn-cpu", "--min-duration", "0.05",
+                              "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bench = json.loads((tiny_run / "bench" / "ncnn-cpu.json").read_text())
+    assert [r["artifact"] for r in bench["artifacts"]] == ["ncnn"]
