@@ -77,19 +77,28 @@ def check_run_recipe(recipe: Recipe) -> None:
 
 
 def _check_prune(recipe: Recipe) -> None:
-    """prune.keep names layers of the student: checked on an untrained copy before anything trains."""
+    """The prune section on an untrained copy of the student, before anything trains: layer names exist, the
+    model traces and the budget is reachable (what `toolkit prune` would find only after distillation)."""
+    p = recipe.prune
+    if p is None:
+        return
     if recipe.data.val_fraction == 0:
         raise ToolkitError("prune: recovery selects on the validation split; set data.val_fraction above 0")
-    if not recipe.prune or not recipe.prune.keep:
-        return
+    from distill.pruning import prune_channels
     from distill.students import create_student
 
     model = create_student(recipe.student.name, num_classes=2, pretrained=False)
     modules = dict(model.named_modules())
-    for i, name in enumerate(recipe.prune.keep):
+    for i, name in enumerate(p.keep):
         if name not in modules:
             hint = did_you_mean(name, modules)
             raise ToolkitError(f"prune.keep[{i}]: no layer {name!r} in {recipe.student.name}.{hint}")
+    size = recipe.resolved().preprocess.input_size
+    try:
+        prune_channels(model, size, macs=p.macs, params=p.params, round_to=p.round_to,  # type: ignore[arg-type]
+                       max_layer_ratio=p.max_layer_ratio, global_pruning=p.global_pruning, keep=tuple(p.keep))  # fmt: skip
+    except ToolkitError as exc:
+        raise ToolkitError(f"prune: {exc}") from exc
 
 
 def _digest(*parts: Any) -> str:
