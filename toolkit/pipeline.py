@@ -96,7 +96,8 @@ def _check_prune(recipe: Recipe) -> None:
     size = recipe.resolved().preprocess.input_size
     try:
         prune_channels(model, size, macs=p.macs, params=p.params, round_to=p.round_to,  # type: ignore[arg-type]
-                       max_layer_ratio=p.max_layer_ratio, global_pruning=p.global_pruning, keep=tuple(p.keep))  # fmt: skip
+                       max_layer_ratio=p.max_layer_ratio, global_pruning=p.global_pruning,
+                       keep=tuple(p.keep))  # fmt: skip
     except ToolkitError as exc:
         raise ToolkitError(f"prune: {exc}") from exc
 
