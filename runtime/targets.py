@@ -17,6 +17,8 @@ import yaml
 from runtime.errors import ToolkitError, did_you_mean
 
 BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn")
+# Backends whose Python runtime imports torch (on the device their C++ runtime does not): `toolkit targets` says so.
+NEEDS_TORCH = ("executorch",)
 PRECISIONS = ("fp32", "fp16", "int8")
 FIELDS = (
     "description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes",

@@ -79,3 +79,5 @@ def test_targets_command_lists_availability() -> None:
     assert res.exit_code == 0, res.output
     assert "ort-cpu-1t" in res.output and "trt-jetson-orin-int8" in res.output
     assert "yes" in res.output and "no:" in res.output
+    rows = {line.split()[1]: line for line in res.output.splitlines() if len(line.split()) > 1}
+    assert "needs torch" in rows["executorch-xnnpack-cpu"] and "needs torch" not in rows["ncnn-cpu"]

@@ -395,7 +395,7 @@ def prune(
 @app.command()
 def targets(targets_file: TargetsFile = None) -> None:
     """List edge target profiles and whether this machine can run each (and why not)."""
-    from runtime.targets import load_targets
+    from runtime.targets import NEEDS_TORCH, load_targets
 
     table = Table()
     for col in ("name", "backend", "precisions", "threads", "batch sizes", "available here"):
@@ -409,7 +409,8 @@ def targets(targets_file: TargetsFile = None) -> None:
             ",".join(t.precisions),
             str(t.threads or "all"),
             ",".join(map(str, t.batch_sizes)),
-            "yes" if reason is None else f"no: {reason}",
+            ("yes" if reason is None else f"no: {reason}")
+            + ("; its Python runtime needs torch" if t.backend in NEEDS_TORCH else ""),
         )
     out.print(table)
 
