@@ -36,6 +36,25 @@ def engine_filename(gpu_name: str, stem: str = "model") -> str:
     return f"{stem}.{slug}.engine"
 
 
+# TensorRT majors this module builds for: 10 (weak typing: INT8/FP16 builder flags) and 11 (strongly typed only:
+# the flags and the INT8 calibrator API are gone; precisions come from the Q/DQ graph).
+SUPPORTED_MAJORS = (10, 11)
+
+
+def typing_mode(version: str) -> str:
+    """ "weak" (TensorRT 10: INT8 + FP16 builder flags, float layers may run in FP16) or "strong" (TensorRT 11:
+    every tensor's type is the ONNX graph's, so layers kept out of INT8 run in FP32)."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError as exc:
+        raise ToolkitError(f"TensorRT version {version!r}: cannot read its major version") from exc
+    if major not in SUPPORTED_MAJORS:
+        majors = " and ".join(map(str, SUPPORTED_MAJORS))
+        raise ToolkitError(f"TensorRT {version}: engines are built for TensorRT {majors} (pip install "
+                           "'tensorrt>=10.1,<12'; JetPack 6 ships 10.x)")  # fmt: skip
+    return "weak" if major == 10 else "strong"
+
+
 def profile_shapes(contract: PreprocessContract, opt_batch: int, max_batch: int) -> tuple[tuple, tuple, tuple]:
     if not 1 <= opt_batch <= max_batch:
         raise ToolkitError(f"engine batch sizes: need 1 <= opt ({opt_batch}) <= max ({max_batch})")
@@ -65,23 +84,28 @@ def build_engine(
     workspace_bytes: int = 1 << 30,
     stem: str = "model",
 ) -> dict[str, Any]:
-    """Parse the QDQ model, build an INT8 (+FP16 fallback) engine, save it and the timing cache."""
+    """Parse the QDQ model, build an INT8 engine (TensorRT 10: + FP16 fallback for float layers; 11: strongly
+    typed), save it, its sidecar (contract, TensorRT version, GPU) and the timing cache."""
     reason = unavailable_reason()
     if reason:
         raise ToolkitError(f"cannot build a TensorRT engine here: {reason}")
     import tensorrt as trt
     import torch
 
+    mode = typing_mode(trt.__version__)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # 11.x: every network is strongly typed (the creation flag is accepted and ignored, or absent).
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(1 << int(flag) if mode == "strong" and flag is not None else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(qdq_onnx.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ToolkitError(f"{qdq_onnx}: TensorRT's ONNX parser rejected it: {errors}")
     config = builder.create_builder_config()
-    config.set_flag(trt.BuilderFlag.INT8)
-    config.set_flag(trt.BuilderFlag.FP16)
+    if mode == "weak":  # TensorRT 11 removed these flags: a strongly typed network takes its types from the graph
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.set_flag(trt.BuilderFlag.FP16)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -96,6 +120,7 @@ def build_engine(
     write_bytes(engine, bytes(serialized))
     # Engines hold no metadata: the runtime reads the contract and class names from this sidecar.
     sidecar = engine_sidecar(contract, network.get_input(0).name, network.get_output(0).name, max_batch)
+    sidecar.update(tensorrt=trt.__version__, gpu=gpu, typing=mode)
     write_json(engine.with_name(engine.name + ".json"), sidecar)
     write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return {
@@ -103,6 +128,7 @@ def build_engine(
         "tensorrt": trt.__version__,
         "cuda": torch.version.cuda,
         "gpu": gpu,
+        "typing": mode,
         "batch": {"min": 1, "opt": opt_batch, "max": max_batch},
         "timing_cache": timing_cache.name,
     }

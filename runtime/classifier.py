@@ -15,6 +15,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -216,10 +217,14 @@ class TensorRTClassifier(Classifier):
         except ImportError as exc:
             raise ToolkitError(f"{self.path}: running an engine needs tensorrt and cuda-python ({exc})") from exc
         try:
-            self.contract = PreprocessContract.from_dict(json.loads(sidecar.read_text())["preprocess"])
+            meta = json.loads(sidecar.read_text())
+            self.contract = PreprocessContract.from_dict(meta["preprocess"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ToolkitError(f"{sidecar}: not a valid engine sidecar ({exc!r}); re-export the engine") from exc
         self._cudart = cudart
+        props = self._check(cudart.cudaGetDeviceProperties(0))
+        gpu = props.name.decode() if isinstance(props.name, bytes) else str(props.name)  # type: ignore[attr-defined]
+        check_engine_sidecar(meta, trt.__version__, gpu.rstrip("\x00"), str(self.path))
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(self.path.read_bytes())
         if engine is None:
             raise ToolkitError(f"{self.path}: TensorRT cannot deserialize it (built by another TensorRT or GPU?)")
@@ -347,6 +352,20 @@ class NcnnClassifier(Classifier):
                 raise ToolkitError(f"{self.path}: ncnn failed on an image (status {status})")
             rows.append(np.array(out, dtype=np.float32).reshape(-1))
         return np.stack(rows)
+
+
+def check_engine_sidecar(sidecar: dict[str, Any], tensorrt_version: str, gpu: str, engine: str) -> None:
+    """An engine runs only on the TensorRT version and GPU model it was built with: a mismatch is an error saying
+    how to rebuild (sidecars from before versions were recorded are taken as they are)."""
+    rebuild = "rebuild it here with `toolkit export RUN --int8 --backend tensorrt` (or trtexec on the Q/DQ model)"
+    built_with, built_for = sidecar.get("tensorrt"), sidecar.get("gpu")
+    if built_with and str(built_with).split(".")[:2] != tensorrt_version.split(".")[:2]:
+        raise ToolkitError(
+            f"{engine}: built with TensorRT {built_with}, this is TensorRT {tensorrt_version}; {rebuild}"
+        )
+    if built_for and built_for != gpu:
+        raise ToolkitError(f"{engine}: built for a {built_for}, this GPU is a {gpu}; engines do not move between GPU "
+                           f"models: {rebuild}")  # fmt: skip
 
 
 def open_classifier(

@@ -193,6 +193,23 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
 
 
+def test_tensorrt_version_dispatch_and_engine_sidecar_checks() -> None:
+    """TensorRT 11 removed the INT8/FP16 builder flags: engines are built strongly typed there, weakly typed on 10."""
+    from export.tensorrt_engine import typing_mode
+    from runtime.classifier import check_engine_sidecar
+
+    assert (typing_mode("10.13.3.9"), typing_mode("11.0.0.1")) == ("weak", "strong")
+    with pytest.raises(ToolkitError, match="TensorRT 8.6.1: engines are built for TensorRT 10 and 11"):
+        typing_mode("8.6.1")
+    sidecar = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H100 80GB HBM3"}
+    check_engine_sidecar(sidecar, "10.13.0.1", "NVIDIA H100 80GB HBM3", "m.engine")  # same minor: runs
+    check_engine_sidecar({}, "11.0.0", "Orin", "m.engine")  # an older sidecar without versions
+    with pytest.raises(ToolkitError, match="built with TensorRT 10.13.3.9, this is TensorRT 11.0.0; rebuild it here"):
+        check_engine_sidecar(sidecar, "11.0.0", "NVIDIA H100 80GB HBM3", "m.engine")
+    with pytest.raises(ToolkitError, match="built for a NVIDIA H100 80GB HBM3, this GPU is a Orin; engines do not"):
+        check_engine_sidecar(sidecar, "10.13.3.9", "Orin", "m.engine")
+
+
 def test_tensorrt_engine_gating_and_naming() -> None:
     from export.tensorrt_engine import build_engine, engine_filename, profile_shapes, unavailable_reason
 
