@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runtime.errors import ToolkitError
+from toolkit import defaults
 
 if TYPE_CHECKING:
     from toolkit.recipe import Recipe
@@ -264,7 +265,7 @@ def export_(
     ] = None,
     calib_size: Annotated[
         int, typer.Option(help="Calibration images, class-stratified from the run's training split.")
-    ] = 512,
+    ] = defaults.CALIB_SIZE,
     calib_method: Annotated[
         str,
         typer.Option(
@@ -272,16 +273,16 @@ def export_(
             "for MobileNetV2 with 256 images; their intermediate outputs are processed 8 batches at a time to "
             "bound memory, and a smaller --calib-size bounds it further."
         ),
-    ] = "minmax",
+    ] = defaults.CALIB_METHOD,
     tolerance: Annotated[
         float, typer.Option(help="Largest accepted top-1 drop of INT8 vs FP32, in points, on held-out images.")
-    ] = 0.5,
+    ] = defaults.TOLERANCE_POINTS,
     max_float_layers: Annotated[
         int, typer.Option(help="How many of the most sensitive activations the guard may keep in float.")
-    ] = 16,
+    ] = defaults.MAX_FLOAT_LAYERS,
     held_out_images: Annotated[
         int, typer.Option(help="Validation-split images the accuracy guard measures on.")
-    ] = 2000,
+    ] = defaults.HELD_OUT_IMAGES,
     allow_fail: Annotated[
         bool, typer.Option(help="Keep a FAIL verdict's artifact and exit 0 (it is marked FAIL in its metadata).")
     ] = False,
@@ -301,7 +302,7 @@ def export_(
             "auto: only for a target whose PTQ guard failed; none."
         ),
     ] = "none",
-    qad_epochs: Annotated[int, typer.Option(help="QAD fine-tuning epochs.")] = 1,
+    qad_epochs: Annotated[int, typer.Option(help="QAD fine-tuning epochs.")] = defaults.QAD_EPOCHS,
     qad_lr: Annotated[
         float | None, typer.Option(help="QAD learning rate (default: the recipe's train.optimizer.lr / 1000).")
     ] = None,
@@ -421,10 +422,14 @@ def bench(
     target: Annotated[
         list[str], typer.Option("--target", "-t", help="Target profile (see `toolkit targets`). Repeatable.")
     ] = ["ort-cpu-1t"],  # noqa: B006 - typer reads list defaults
-    min_duration: Annotated[float, typer.Option(help="Seconds each scenario runs at least (MLPerf: 600).")] = 5.0,
-    min_queries: Annotated[int, typer.Option(help="Queries each scenario runs at least.")] = 100,
-    warmup: Annotated[int, typer.Option(help="Untimed queries before each scenario.")] = 10,
-    max_duration: Annotated[float, typer.Option(help="Cap per scenario, for very slow models.")] = 120.0,
+    min_duration: Annotated[
+        float, typer.Option(help="Seconds each scenario runs at least (MLPerf: 600).")
+    ] = defaults.MIN_DURATION_S,
+    min_queries: Annotated[int, typer.Option(help="Queries each scenario runs at least.")] = defaults.MIN_QUERIES,
+    warmup: Annotated[int, typer.Option(help="Untimed queries before each scenario.")] = defaults.WARMUP_QUERIES,
+    max_duration: Annotated[
+        float, typer.Option(help="Cap per scenario, for very slow models.")
+    ] = defaults.MAX_DURATION_S,
     targets_file: TargetsFile = None,
     tune: Annotated[
         bool,
@@ -440,7 +445,9 @@ def bench(
             "onnxruntime_perf_test, trtexec) and record both figures."
         ),
     ] = False,  # fmt: skip
-    rounds: Annotated[int, typer.Option(help="SingleStream rounds; the spread of their p50s is the noise.")] = 3,
+    rounds: Annotated[
+        int, typer.Option(help="SingleStream rounds; the spread of their p50s is the noise.")
+    ] = defaults.ROUNDS,
 ) -> None:
     """SingleStream latency (p50/p90/p95/p99) and Offline throughput per artifact and target -> RUN/bench/."""
     from runtime.latency import RunLimits

@@ -23,6 +23,7 @@ from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.preprocess import PreprocessContract
 from runtime.sources import DataSource, align_classes
+from toolkit import defaults
 
 
 class DataSourceConfig(StrictModel):
@@ -76,16 +77,21 @@ class ExportStepConfig(StrictModel):
     formats: list[Literal["executorch", "ncnn"]] = Field(
         [], description="phone/board formats (toolkit export --format)"
     )
-    calib_size: PositiveInt = 256
-    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    tolerance: float = Field(0.5, ge=0.0, description="largest accepted INT8 top-1 drop, in points")
-    held_out_images: PositiveInt = 2000
+    calib_size: PositiveInt = defaults.CALIB_SIZE
+    calib_method: Literal["minmax", "entropy", "percentile"] = defaults.CALIB_METHOD  # type: ignore[assignment]
+    tolerance: float = Field(
+        defaults.TOLERANCE_POINTS, ge=0.0, description="largest accepted INT8 top-1 drop, in points"
+    )
+    held_out_images: PositiveInt = defaults.HELD_OUT_IMAGES
+    max_float_layers: int = Field(
+        defaults.MAX_FLOAT_LAYERS, ge=0, description="activations the guard may keep in float"
+    )
     recover: Literal["none", "qad", "auto"] = Field(
         "none",
         description="qad: also quantization-aware distillation, every layer INT8; auto: QAD only where the "
         "PTQ guard failed (toolkit export --recover)",
     )
-    qad_epochs: PositiveInt = 1
+    qad_epochs: PositiveInt = defaults.QAD_EPOCHS
     qad_lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr / 1000")
     qad_images: PositiveInt | None = Field(None, description="class-stratified training images; default: all")
 
@@ -118,11 +124,13 @@ class BenchStepConfig(StrictModel):
     """What `toolkit run` benchmarks (the `toolkit bench` options)."""
 
     targets: list[str] = ["ort-cpu-1t"]
-    min_duration: float = Field(3.0, gt=0.0)
-    min_queries: PositiveInt = 50
-    warmup: int = Field(10, ge=0)
-    max_duration: float = Field(60.0, gt=0.0)
-    rounds: PositiveInt = Field(3, description="SingleStream rounds; the spread of their p50s is the noise")
+    min_duration: float = Field(defaults.MIN_DURATION_S, gt=0.0)
+    min_queries: PositiveInt = defaults.MIN_QUERIES
+    warmup: int = Field(defaults.WARMUP_QUERIES, ge=0)
+    max_duration: float = Field(defaults.MAX_DURATION_S, gt=0.0)
+    rounds: PositiveInt = Field(
+        defaults.ROUNDS, description="SingleStream rounds; the spread of their p50s is the noise"
+    )
     tune: bool = Field(False, description="sweep session settings first (toolkit bench --tune)")
     cross_check: bool = Field(
         False, description="also run each engine's own benchmark tool (toolkit bench --cross-check)"

@@ -1,0 +1,19 @@
+"""Defaults shared by the CLI flags and the recipe's export/bench sections: one source, so `toolkit export` and
+`toolkit run` export and measure alike. Plain values only (the CLI imports this before torch)."""
+
+from __future__ import annotations
+
+# export
+CALIB_SIZE = 512  # class-stratified calibration images
+CALIB_METHOD = "minmax"
+TOLERANCE_POINTS = 0.5  # largest accepted INT8 top-1 drop
+HELD_OUT_IMAGES = 2000  # validation images the guard measures on
+MAX_FLOAT_LAYERS = 16  # activations the guard may keep in float
+QAD_EPOCHS = 1
+
+# bench
+MIN_DURATION_S = 5.0
+MIN_QUERIES = 100
+WARMUP_QUERIES = 10
+MAX_DURATION_S = 120.0
+ROUNDS = 3
