@@ -103,6 +103,14 @@ def test_guard_forced_failure_keeps_layers_in_float(run_dir: Path) -> None:
     assert res.exit_code == 0, res.output
     meta = OnnxClassifier(run_dir / "model.int8.onnx").session.get_modelmeta().custom_metadata_map
     assert meta["toolkit.guard"] == "FAIL"
+    # The graph itself, not only the manifest: the layers reading the kept activations run in float.
+    from export.qdq_form import COMPUTE_OPS, qdq_form
+
+    kept = set(exports(run_dir)["int8_onnxruntime"]["guard"]["kept_in_float"])
+    proto = onnx.load(str(run_dir / "model.int8.onnx"))
+    kept_compute = kept & {n.name for n in proto.graph.node if n.op_type in COMPUTE_OPS}
+    form = qdq_form(proto)
+    assert kept_compute and kept_compute <= set(form["float_ops"]) and form["quantized_ops"] > 0, (kept, form)
 
 
 @pytest.mark.slow
