@@ -24,6 +24,7 @@ from export.calibration import BatchReader
 from export.quantize import quantize
 from runtime.classifier import Classifier, OnnxClassifier
 from runtime.datasets import Dataset
+from runtime.errors import ToolkitError, did_you_mean
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 
@@ -86,6 +87,16 @@ def consumers(graph: onnx.GraphProto, tensor: str) -> list[str]:
     return [n.name for n in graph.node if n.op_type not in QDQ_OPS and dq_outputs & set(n.input)]
 
 
+def check_keep_float(graph: onnx.GraphProto, names: tuple[str, ...]) -> None:
+    """``--keep-float`` names nodes of model.onnx: an unknown one is an error naming it (with a did-you-mean)."""
+    nodes = [n.name for n in graph.node if n.op_type not in QDQ_OPS]
+    for name in names:
+        if name not in nodes:
+            hint = did_you_mean(name, nodes)
+            raise ToolkitError(f"--keep-float {name!r}: no such node in model.onnx.{hint} Node names: "
+                               "manifest.json's kept_in_float lists, or an ONNX viewer (Netron).")  # fmt: skip
+
+
 def guarded_quantize(
     fp32_path: Path,
     out_path: Path,
@@ -96,19 +107,23 @@ def guarded_quantize(
     method: str = "minmax",
     tolerance_points: float = 0.5,
     max_float_layers: int = 16,
+    keep_float: tuple[str, ...] = (),
 ) -> GuardReport:
-    """Quantize; while top-1 drops more than ``tolerance_points``, keep 1, 2, 4, ... worst layers in float."""
+    """Quantize, keeping the user's ``keep_float`` nodes in float; while top-1 drops more than
+    ``tolerance_points``, also keep 1, 2, 4, ... worst layers in float."""
+    check_keep_float(onnx.load(str(fp32_path)).graph, keep_float)
     report = GuardReport(tolerance_points, fp32_top1)
-    quantize(fp32_path, out_path, target, batches, method)
+    quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=list(keep_float))
     report.int8_top1 = top1(OnnxClassifier(out_path), held_out)
-    report.attempts.append({"kept_in_float": [], "int8_top1": report.int8_top1})
+    report.kept_in_float = list(keep_float)
+    report.attempts.append({"kept_in_float": list(keep_float), "int8_top1": report.int8_top1})
     if report.passed:
         return report
     ranking = activation_sensitivity(fp32_path, out_path, batches[:2])
     fully_quantized = onnx.load(str(out_path)).graph
     k = 1
     while not report.passed and k <= min(max_float_layers, len(ranking)):
-        excluded: list[str] = []
+        excluded: list[str] = list(keep_float)
         for tensor, _ in ranking[:k]:
             excluded += [n for n in consumers(fully_quantized, tensor) if n not in excluded]
         quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=excluded)

@@ -92,6 +92,19 @@ def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
 
 
 @pytest.mark.slow
+def test_keep_float_keeps_the_users_layers_in_float(run_dir: Path) -> None:
+    from export.qdq_form import qdq_form
+
+    assert runner.invoke(app, ["export", str(run_dir)]).exit_code == 0  # model.onnx: its node names
+    conv = next(n.name for n in onnx.load(str(run_dir / "model.onnx")).graph.node if n.op_type == "Conv")
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--tolerance", "100", "--keep-float", conv])
+    assert res.exit_code == 0, res.output
+    guard = exports(run_dir)["int8_onnxruntime"]["guard"]
+    assert guard["kept_in_float"] == [conv] and guard["attempts"][0]["kept_in_float"] == [conv]
+    assert qdq_form(onnx.load(str(run_dir / "model.int8.onnx")))["float_ops"] == [conv]
+
+
+@pytest.mark.slow
 def test_guard_forced_failure_keeps_layers_in_float(run_dir: Path) -> None:
     args = ["export", str(run_dir), "--int8", "--tolerance", "-100", "--max-float-layers", "2"]
     res = runner.invoke(app, args)
@@ -199,6 +212,23 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     guard = exports(run_dir)["int8_openvino"]["guard"]
     assert guard["verdict"] == "FAIL"
     assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
+
+
+def test_keep_float_names_are_checked(tmp_path: Path) -> None:
+    from onnx import helper
+
+    from export.guard import check_keep_float
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="/layer1/conv1"),
+             helper.make_node("Relu", ["y"], ["z"], name="/layer1/relu")]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [], [])
+    check_keep_float(graph, ("/layer1/conv1", "/layer1/relu"))
+    with pytest.raises(ToolkitError, match="--keep-float '/layer1/conv2': no such node in model.onnx. Did you mean"):
+        check_keep_float(graph, ("/layer1/conv2",))
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--keep-float", "/layer1/conv1"])
+    assert isinstance(res.exception, ToolkitError) and "--keep-float keeps nodes of the ONNX INT8 forms" in str(
+        res.exception
+    )
 
 
 def test_tensorrt_version_dispatch_and_engine_sidecar_checks() -> None:

@@ -313,6 +313,10 @@ def export_(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted QAD fine-tuning from RUN/qad/checkpoints.")
     ] = False,
+    keep_float: Annotated[
+        list[str] | None,
+        typer.Option(help="A node of model.onnx the ONNX INT8 forms keep in float (repeatable, or NAME,NAME)."),
+    ] = None,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
@@ -344,6 +348,7 @@ def export_(
             qad_images=qad_images,
             resume=resume,
             formats=formats,
+            keep_float=tuple(n for item in keep_float or () for n in item.split(",") if n),
             console=console,
         )
 

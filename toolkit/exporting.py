@@ -64,17 +64,22 @@ def run_export(
     qad_images: int | None = None,
     resume: bool = False,
     formats: tuple[str, ...] = (),
+    keep_float: tuple[str, ...] = (),
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
     fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
-    ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too."""
+    ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too.
+    ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
     for t in targets:
         if t not in BACKENDS:
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     check_recover(recover, int8, targets, qad_epochs, qad_images)
     check_formats(formats, int8)
+    if keep_float and not (int8 and {"onnxruntime", "tensorrt"} & set(targets)):
+        raise ToolkitError("--keep-float keeps nodes of the ONNX INT8 forms in float: add --int8 and --backend "
+                           "onnxruntime or tensorrt (OpenVINO's NNCF names its nodes differently)")  # fmt: skip
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
@@ -143,6 +148,7 @@ def run_export(
                     calib_method,
                     tolerance_points,
                     max_float_layers,
+                    keep_float,
                 )
             verdict = report.to_dict()
             if target != "openvino":
