@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ToolkitError
-from runtime.hashing import sha256_file
+from runtime.hashing import sha256_file, sha256_path
 
 # RUN/eval/<data>/unpruned/: a pruned run's unpruned student, evaluated on the same images (toolkit prune).
 UNPRUNED = "unpruned"
@@ -44,6 +44,7 @@ KNOWN = {
     "executorch": ("ExecuTorch FP32 (XNNPACK)", "executorch", "fp32"),
     "int8_executorch": ("ExecuTorch INT8 (XNNPACK)", "executorch", "int8"),
     "ncnn": ("NCNN FP32", "ncnn", "fp32"),
+    "coreml": ("Core ML FP16 (ML Program)", "coreml", "fp16"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {
@@ -67,6 +68,9 @@ ENGINES = {
 def file_entry(path: Path) -> dict[str, Any]:
     """The manifest entry of an exported file: name relative to the run, hashes, bytes (an OpenVINO IR is
     model.xml + model.bin in their own folder)."""
+    if path.is_dir():  # a Core ML .mlpackage: one hash over its files
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return {"file": path.name, "sha256": sha256_path(path), "bytes": size}
     entry: dict[str, Any] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     if path.suffix in (".xml", ".param"):  # OpenVINO IR, NCNN model: the graph file and its weights
         weights = path.with_suffix(".bin")
@@ -96,7 +100,7 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
     found = []
     for key, (label, backend, precision) in KNOWN.items():
         entry = exports.get(key)
-        if entry and (run_dir / entry["file"]).is_file():
+        if entry and (run_dir / entry["file"]).exists():
             _check_hashes(run_dir / entry["file"], entry)
             found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
     for source, (key, label) in ENGINES.items():
@@ -113,6 +117,11 @@ _VERIFIED: set[tuple[str, int, int, str]] = set()
 def _check_hashes(path: Path, entry: dict[str, Any]) -> None:
     """An artifact must be the bytes export wrote (a copy edited, truncated or half-replaced since is refused).
     A file already verified, unchanged since (same size and mtime), is not hashed again in this process."""
+    if path.is_dir():
+        if "sha256" in entry and sha256_path(path) != entry["sha256"]:
+            raise ToolkitError(f"{path}: its content differs from what manifest.json recorded at export (changed or "
+                               "corrupted since); export the run again (`toolkit export RUN`)")  # fmt: skip
+        return
     for file, key in ((path, "sha256"), (path.with_suffix(".bin"), "bin_sha256")):
         if key not in entry:
             continue
@@ -126,6 +135,16 @@ def _check_hashes(path: Path, entry: dict[str, Any]) -> None:
                 "since); export the run again (`toolkit export RUN`)"
             )
         _VERIFIED.add(stamp)
+
+
+def backend_unavailable_reason(backend: str) -> str | None:
+    """None when this machine can run a backend's models once exported, else why not (Core ML predicts on macOS
+    only). The export-time backends (ONNX Runtime, OpenVINO, ExecuTorch, NCNN) run wherever they export."""
+    if backend == "coreml":
+        from runtime.classifier import coreml_unavailable_reason
+
+        return coreml_unavailable_reason()
+    return None
 
 
 def artifacts_for(run_dir: Path, backend: str, precisions: tuple[str, ...]) -> list[Artifact]:

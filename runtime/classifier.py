@@ -41,6 +41,9 @@ EXECUTORCH_FORMAT_METHOD = "toolkit_format"
 EXECUTORCH_PRECISION_METHOD = "toolkit_precision"
 # An NCNN model's contract and blob names, beside model.param (its param file holds no metadata).
 NCNN_SIDECAR = "model.json"
+# A Core ML model's user-defined metadata keys.
+COREML_META_PREPROCESS = META_PREPROCESS
+COREML_META_FORMAT = META_FORMAT
 
 
 class Classifier(ABC):
@@ -354,6 +357,70 @@ class NcnnClassifier(Classifier):
         return np.stack(rows)
 
 
+class CoreMLClassifier(Classifier):
+    """A Core ML ML Program (.mlpackage) run by Core ML: macOS only (coremltools converts anywhere, but its
+    prediction calls Core ML itself)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ToolkitError(f"{self.path}: Core ML package not found (`toolkit export --format coreml` writes it)")
+        reason = coreml_unavailable_reason()
+        if reason:
+            raise ToolkitError(f"{self.path}: {reason}")
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(self.path))
+        spec = self.model.get_spec()
+        text = dict(spec.description.metadata.userDefined).get(COREML_META_PREPROCESS)
+        if text is None:
+            raise ToolkitError(f"{self.path}: no {COREML_META_PREPROCESS} metadata; export it with `toolkit export`")
+        self.contract = load_contract(self.path, text)
+        problems = coreml_spec_problems(spec, self.contract)
+        if problems:
+            raise ToolkitError(f"{self.path}: {'; '.join(problems)}")
+        self.input_name = spec.description.input[0].name
+        self.output_name = spec.description.output[0].name
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        out = self.model.predict({self.input_name: batch})[self.output_name]
+        return np.asarray(out, dtype=np.float32)
+
+
+def coreml_unavailable_reason() -> str | None:
+    """None where Core ML predicts (macOS with coremltools), else why not."""
+    import platform
+
+    if platform.system() != "Darwin":
+        return "Core ML predicts on macOS only (here it converts and checks the spec)"
+    try:
+        import coremltools  # noqa: F401
+    except ImportError:
+        return "coremltools is not installed (pip install coremltools)"
+    return None
+
+
+def coreml_spec_problems(spec: Any, contract: PreprocessContract) -> list[str]:
+    """What is wrong with a Core ML classifier's spec for ``contract`` (empty: nothing): one float32 input
+    (N, 3, H, W) with the batch flexible, one output (N, classes), the contract in its metadata."""
+    problems = []
+    h, w = contract.input_size
+    inputs, outputs = spec.description.input, spec.description.output
+    if len(inputs) != 1 or len(outputs) != 1:
+        return [f"expected one input and one output, got {len(inputs)} and {len(outputs)}"]
+    array = inputs[0].type.multiArrayType
+    ranges = [(r.lowerBound, r.upperBound) for r in array.shapeRange.sizeRanges]
+    if len(ranges) != 4 or ranges[1:] != [(3, 3), (h, h), (w, w)] or ranges[0][0] != 1:
+        problems.append(f"input {inputs[0].name} has shape ranges {ranges}, expected [(1, N), (3, 3), ({h}, {h}), "
+                        f"({w}, {w})]")  # fmt: skip
+    if array.dataType != 65568:  # ArrayFeatureType.FLOAT32
+        problems.append(f"input {inputs[0].name} is not float32")
+    text = dict(spec.description.metadata.userDefined).get(COREML_META_PREPROCESS)
+    if text is None or PreprocessContract.from_dict(json.loads(text)) != contract:
+        problems.append(f"its {COREML_META_PREPROCESS} metadata is missing or differs from the export's contract")
+    return problems
+
+
 def check_engine_sidecar(sidecar: dict[str, Any], tensorrt_version: str, gpu: str, engine: str) -> None:
     """An engine runs only on the TensorRT version and GPU model it was built with: a mismatch is an error saying
     how to rebuild (sidecars from before versions were recorded are taken as they are)."""
@@ -389,6 +456,8 @@ def open_classifier(
         return ExecuTorchClassifier(path, threads)
     if path.suffix == ".param":
         return NcnnClassifier(path, threads)
+    if path.suffix == ".mlpackage":
+        return CoreMLClassifier(path)
     raise ToolkitError(
         f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine, ExecuTorch .pte or NCNN .param"
     )

@@ -16,7 +16,7 @@ import yaml
 
 from runtime.errors import ToolkitError, did_you_mean
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn", "coreml")
 # Backends whose Python runtime imports torch (on the device their C++ runtime does not): `toolkit targets` says so.
 NEEDS_TORCH = ("executorch",)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -60,6 +60,12 @@ class TargetProfile:
             devices = ov.Core().available_devices
             if self.device not in devices:
                 return f"OpenVINO device {self.device} is missing (available: {', '.join(devices) or 'none'})"
+        elif self.backend == "coreml":
+            from runtime.classifier import coreml_unavailable_reason
+
+            reason = coreml_unavailable_reason()
+            if reason:
+                return reason
         elif self.backend in ("executorch", "ncnn"):
             import importlib.util
 

@@ -4,6 +4,7 @@ end (export, eval, bench on its target)."""
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,17 @@ from toolkit.mobile_export import check_formats
 
 pytest.importorskip("executorch")
 pytest.importorskip("ncnn")
+pytest.importorskip("coremltools")
 
 
 def test_formats_are_checked_before_export() -> None:
-    with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn. Did you mean"):
+    with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn, coreml. Did you"):
         check_formats(("executorh",))
     with pytest.raises(ToolkitError, match="--int8 --format ncnn: NCNN INT8 needs .*export NCNN without --int8"):
         check_formats(("executorch", "ncnn"), int8=True)
-    check_formats(("executorch", "ncnn"))
+    with pytest.raises(ToolkitError, match="--int8 --format coreml: Core ML INT8 .* calibrates by running Core ML"):
+        check_formats(("coreml",), int8=True)
+    check_formats(("executorch", "ncnn", "coreml"))
     check_formats(("executorch",), int8=True)
 
 
@@ -46,18 +50,25 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     assert isinstance(res.exception, ToolkitError) and not (tiny_run / "model.onnx").exists()
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["export", str(tiny_run), "--format", "ncnn", "--held-out-images", "8"])
+    res = runner.invoke(app, ["export", str(tiny_run), "--format", "ncnn", "--format", "coreml",
+                              "--held-out-images", "8"])  # fmt: skip
     assert res.exit_code == 0, res.output
     exports = json.loads((tiny_run / "manifest.json").read_text())["exports"]
     assert exports["executorch"]["parity"]["passed"] and exports["executorch"]["file"] == "model.pte"
     assert exports["int8_executorch"]["guard"]["verdict"] == "PASS" and exports["int8_executorch"]["delegate_calls"]
     assert exports["ncnn"]["parity"]["passed"] and exports["ncnn"]["file"] == "model.ncnn/model.param"
     assert "executorch" in exports  # a later export keeps the earlier ones' entries
+    coreml = exports["coreml"]
+    assert coreml["file"] == "model.mlpackage" and coreml["spec_check"] == "passed"
+    if platform.system() != "Darwin":  # parity needs Core ML predictions
+        assert "macOS only" in coreml["parity"]["skipped"]
     assert {"executorch", "int8_executorch", "ncnn"} <= {a.key for a in run_artifacts(tiny_run)}
     test = write_image_folder(tiny_run.parent / "test", per_class=2, seed=3, size=20)
     res = runner.invoke(app, ["eval", str(tiny_run), "--data", str(test), "--artifact", "all"])
     assert res.exit_code == 0, res.output
     assert "ExecuTorch INT8 (XNNPACK)" in res.output and "NCNN FP32" in res.output
+    if platform.system() != "Darwin":
+        assert "Core ML FP16 (ML Program): not evaluated here: Core ML predicts on macOS only" in res.output
     res = runner.invoke(app, ["bench", str(tiny_run), "--target", "executorch-xnnpack-cpu", "--min-duration",
                               "0.05", "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -203,17 +203,25 @@ def evaluate_run(
 ) -> list[str]:  # fmt: skip
     """`toolkit eval`: the student and/or artifacts (``keys``; "all" = every one) on ``data``; one summary each.
     ``reuse_student``: keep the student's evaluation from training when made from the same weights and data."""
-    from runtime.artifacts import find_artifact, run_artifacts
+    from runtime.artifacts import backend_unavailable_reason, find_artifact, run_artifacts
     from runtime.sources import align_classes, parse_data_arg
     from toolkit.datacheck import check_dataset
 
     model, contract, _ = load_run_student(run)
-    keys = ["student", *(a.key for a in run_artifacts(run))] if "all" in keys else list(dict.fromkeys(keys))
+    lines = []
+    if "all" in keys:  # every artifact this machine can run; the others are named with why not
+        keys = ["student"]
+        for a in run_artifacts(run):
+            reason = backend_unavailable_reason(a.backend)
+            if reason:
+                lines.append(f"{a.label}: not evaluated here: {reason}")
+            else:
+                keys.append(a.key)
+    keys = list(dict.fromkeys(keys))
     chosen = [None if k == "student" else find_artifact(run, k) for k in keys]
     names = list(contract.class_names)
     dataset = align_classes(parse_data_arg(data, max_pixels, symlinks).open(names), names)
     dataset, _ = check_dataset(dataset, on_bad_image, console)
-    lines = []
     prepared: dict[str, np.ndarray] = {}
     for a in chosen:
         if a is None:

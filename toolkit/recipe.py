@@ -74,7 +74,7 @@ class ExportStepConfig(StrictModel):
 
     int8: bool = True
     backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
-    formats: list[Literal["executorch", "ncnn"]] = Field(
+    formats: list[Literal["executorch", "ncnn", "coreml"]] = Field(
         [], description="phone/board formats (toolkit export --format)"
     )
     calib_size: PositiveInt = defaults.CALIB_SIZE

@@ -1,0 +1,83 @@
+"""torch student -> Core ML ML Program (.mlpackage), FP16, with the contract in its user-defined metadata.
+
+coremltools converts on any OS; predicting needs macOS (Core ML itself). So here the check after conversion is
+of the spec: input (N in 1..64, 3, H, W) float32, output (N, classes), the contract read back from the
+metadata. On macOS the session predicts and the export is parity-checked like every other format. INT8
+(weights and activations) calibrates by running Core ML predictions: refused off macOS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.classifier import COREML_META_FORMAT, COREML_META_PREPROCESS, coreml_spec_problems
+from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
+
+FORMAT = "edge-distill-classifier/1"
+MAX_BATCH = 64
+
+
+def unavailable_reason() -> str | None:
+    """None when coremltools can convert here, else what to install."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            import coremltools  # noqa: F401
+    except ImportError:
+        return "the coremltools package is not installed (pip install 'edge-distill-toolkit[mobile]')"
+    return None
+
+
+def int8_unavailable_reason() -> str:
+    """Why Core ML INT8 is not written: its activation calibration runs Core ML predictions."""
+    where = "macOS only" if platform.system() != "Darwin" else "not driven by the toolkit yet"
+    return (f"Core ML INT8 (weights and activations) calibrates by running Core ML predictions ({where}); "
+            "export FP16 with --format coreml and without --int8")  # fmt: skip
+
+
+def export_coreml(model: nn.Module, contract: PreprocessContract, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``model`` as an FP16 ML Program at ``path`` (a .mlpackage folder, replaced whole) and check its spec."""
+    reason = unavailable_reason()
+    if reason:
+        raise ToolkitError(f"cannot export to Core ML here: {reason}")
+    path = Path(path)
+    h, w = contract.input_size
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    quiet = io.StringIO()  # coremltools prints progress bars and, off macOS, that it cannot load its runtime
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), torch.no_grad():
+            import coremltools as ct
+
+            program = torch.export.export(model.eval(), (torch.zeros(2, 3, h, w),), dynamic_shapes=dynamic)
+            mlmodel = ct.convert(program.run_decompositions({}), convert_to="mlprogram",
+                                 compute_precision=ct.precision.FLOAT16,
+                                 minimum_deployment_target=ct.target.iOS17)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - export and conversion raise many kinds
+        raise ToolkitError(f"Core ML conversion failed: {type(exc).__name__}: {exc}") from exc
+    mlmodel.user_defined_metadata[COREML_META_PREPROCESS] = contract.to_json()
+    mlmodel.user_defined_metadata[COREML_META_FORMAT] = FORMAT
+    mlmodel.short_description = f"{len(contract.class_names)}-class image classifier (edge-distill-toolkit)"
+    problems = coreml_spec_problems(mlmodel.get_spec(), contract)
+    if problems:
+        raise ToolkitError(f"Core ML conversion wrote an unexpected model: {'; '.join(problems)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as work:
+        staged = Path(work) / path.name
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            mlmodel.save(str(staged))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staged, path)
+    spec = mlmodel.get_spec()
+    return {"input": spec.description.input[0].name, "output": spec.description.output[0].name,
+            "spec_check": "passed", "max_batch": MAX_BATCH, "compute_precision": "fp16"}  # fmt: skip
