@@ -318,8 +318,11 @@ class NcnnClassifier(Classifier):
     """An NCNN model (model.param + model.bin + the model.json contract), one image per extractor call: NCNN's
     Mat has no batch axis. FP32 arithmetic (NCNN's fp16 storage and arithmetic off), as exported."""
 
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+    def __init__(
+        self, path: str | os.PathLike[str], threads: int | None = None, settings: dict[str, object] | None = None
+    ):
         self.path = Path(path)
+        settings = check_settings("ncnn", settings or {}, str(self.path))
         sidecar = self.path.with_name(NCNN_SIDECAR)
         for f in (self.path, self.path.with_suffix(".bin"), sidecar):
             if not f.is_file():
@@ -342,6 +345,8 @@ class NcnnClassifier(Classifier):
         for flag in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage"):
             setattr(self.net.opt, flag, False)
         self.net.opt.num_threads = threads or os.cpu_count() or 1
+        if "winograd" in settings:  # NCNN's default is on; at small inputs its transforms cost more than they save
+            self.net.opt.use_winograd_convolution = bool(settings["winograd"])
         if self.net.load_param(str(self.path)) != 0 or self.net.load_model(str(self.path.with_suffix(".bin"))) != 0:
             raise ToolkitError(f"{self.path}: ncnn cannot load it (or its .bin); re-export with `toolkit export`")
 
@@ -455,7 +460,7 @@ def open_classifier(
     if path.suffix == ".pte":
         return ExecuTorchClassifier(path, threads)
     if path.suffix == ".param":
-        return NcnnClassifier(path, threads)
+        return NcnnClassifier(path, threads, settings)
     if path.suffix == ".mlpackage":
         return CoreMLClassifier(path)
     raise ToolkitError(

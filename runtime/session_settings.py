@@ -26,6 +26,7 @@ ALLOWED: dict[str, dict[str, tuple[Any, ...] | None]] = {
         "static_batch": None,
     },
     "tensorrt": {},
+    "ncnn": {"winograd": (True, False)},
 }
 
 

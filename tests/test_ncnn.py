@@ -43,6 +43,18 @@ def test_export_and_session_match_the_student(tmp_path: Path) -> None:
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(session.run(x), reference, atol=1e-4)
+    # Winograd off (a tuning setting: NCNN's transforms dominate at small inputs) keeps the outputs.
+    plain = NcnnClassifier(tmp_path / "model.ncnn" / "model.param", threads=1, settings={"winograd": False})
+    assert not plain.net.opt.use_winograd_convolution and session.net.opt.use_winograd_convolution
+    np.testing.assert_allclose(plain.run(x), reference, atol=1e-4)
+    with pytest.raises(ToolkitError, match="session setting winograd must be True | False"):
+        NcnnClassifier(tmp_path / "model.ncnn" / "model.param", settings={"winograd": "no"})
+    from runtime.tuning import sweep_settings
+
+    model_file = tmp_path / "model.ncnn" / "model.param"
+    result = sweep_settings("ncnn", lambda s: open_classifier(model_file, threads=1, settings=s), x[:1], {},
+                            rounds=1, queries=2)  # fmt: skip
+    assert "winograd" in {r["step"] for r in result["rows"]} and all(r["status"] == "ok" for r in result["rows"])
 
 
 def test_bad_ncnn_files_are_named(tmp_path: Path) -> None:
