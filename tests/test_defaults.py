@@ -9,7 +9,7 @@ from toolkit import cli
 from toolkit.recipe import BenchStepConfig, ExportStepConfig
 
 # recipe keys whose CLI flag has the same name
-EXPORT = ("calib_size", "calib_method", "tolerance", "held_out_images", "max_float_layers", "qad_epochs")
+EXPORT = ("calib_size", "calib_method", "tolerance", "held_out_images", "max_float_layers", "qad_epochs", "opset")
 BENCH = ("min_duration", "min_queries", "warmup", "max_duration", "rounds")
 
 
@@ -18,3 +18,10 @@ def test_cli_flags_and_recipe_sections_default_alike() -> None:
         flags = inspect.signature(command).parameters
         for key in keys:
             assert flags[key].default == model.model_fields[key].default, (command.__name__, key)
+
+
+def test_the_default_opset_is_the_exporters() -> None:
+    from export.onnx_export import OPSET
+    from toolkit import defaults
+
+    assert defaults.OPSET == OPSET

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from conftest import write_image_folder, write_recipe
 from onnx import numpy_helper
+from torch import nn
 from typer.testing import CliRunner
 
 from export.calibration import calibration_batches, stratified_sample, validate_batches
@@ -212,6 +213,18 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     guard = exports(run_dir)["int8_openvino"]["guard"]
     assert guard["verdict"] == "FAIL"
     assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
+
+
+def test_opset_is_an_option_and_the_file_has_it(tmp_path: Path) -> None:
+    from export.onnx_export import export_onnx
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    contract = PreprocessContract(input_size=(8, 8), resize_size=8, class_names=("a", "b", "c", "d"))
+    export_onnx(model, contract, tmp_path / "m.onnx", opset=21)
+    assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version == 21
+    with pytest.raises(ToolkitError, match="--opset 17: not supported; use 18-23"):  # the exporter would write 18
+        export_onnx(model, contract, tmp_path / "m17.onnx", opset=17)
+    assert not (tmp_path / "m17.onnx").exists()
 
 
 def test_keep_float_names_are_checked(tmp_path: Path) -> None:

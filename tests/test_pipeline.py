@@ -146,6 +146,7 @@ def test_prune_section_prunes_the_distilled_student_and_ships_the_pruned_run(rec
         (("prune.macs=0.5", "prune.keep=[layer9]"), "prune.keep[0]: no layer 'layer9' in resnet18. Did you mean"),
         (("prune.macs=0.5", "data.val_fraction=0"), "prune: recovery selects on the validation split"),
         ("prune.macs=0.02", "prune: --macs 0.02: reached only"),  # the per-layer cap (0.75) cannot get there
+        ("export.opset=17", "export.opset: --opset 17: not supported; use 18-23"),
     ],
 )
 def test_run_checks_targets_and_test_data_before_training(recipe: Path, tmp_path: Path, override, expected) -> None:

@@ -317,6 +317,7 @@ def export_(
         list[str] | None,
         typer.Option(help="A node of model.onnx the ONNX INT8 forms keep in float (repeatable, or NAME,NAME)."),
     ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset of model.onnx and its INT8 forms (18-23).")] = defaults.OPSET,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from toolkit.exporting import run_export
@@ -349,6 +350,7 @@ def export_(
             resume=resume,
             formats=formats,
             keep_float=tuple(n for item in keep_float or () for n in item.split(",") if n),
+            opset=opset,
             console=console,
         )
 

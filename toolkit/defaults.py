@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 # export
+OPSET = 18  # export/onnx_export.OPSET
 CALIB_SIZE = 512  # class-stratified calibration images
 CALIB_METHOD = "minmax"
 TOLERANCE_POINTS = 0.5  # largest accepted INT8 top-1 drop

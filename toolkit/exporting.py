@@ -11,7 +11,7 @@ from rich.console import Console
 
 from export.calibration import calibration_batches
 from export.guard import guarded_quantize
-from export.onnx_export import OPSET, export_onnx, set_metadata
+from export.onnx_export import OPSET, check_opset, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
 from export.tensorrt_engine import engine_or_reason
@@ -65,6 +65,7 @@ def run_export(
     resume: bool = False,
     formats: tuple[str, ...] = (),
     keep_float: tuple[str, ...] = (),
+    opset: int = OPSET,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
@@ -77,6 +78,7 @@ def run_export(
             raise ToolkitError(f"--backend {t!r} is not one of {BACKENDS} or all." + did_you_mean(t, BACKENDS))
     check_recover(recover, int8, targets, qad_epochs, qad_images)
     check_formats(formats, int8)
+    check_opset(opset)
     if keep_float and not (int8 and {"onnxruntime", "tensorrt"} & set(targets)):
         raise ToolkitError("--keep-float keeps nodes of the ONNX INT8 forms in float: add --int8 and --backend "
                            "onnxruntime or tensorrt (OpenVINO's NNCF names its nodes differently)")  # fmt: skip
@@ -94,15 +96,15 @@ def run_export(
     needed += (params * 4 + (params // 4 + 1_000_000) * len(targets)) * int(recover != "none")  # QAD checkpoints
     check_space(run_dir, needed, "export (" + ("FP32 and INT8 for " + ", ".join(targets) if int8 else "FP32") + ")")
     t0 = time.perf_counter()
-    export_onnx(model, contract, onnx_path)
+    export_onnx(model, contract, onnx_path, opset)
     fp32 = OnnxClassifier(onnx_path)
     parity_set = val_set.subset(range(min(parity_images, len(val_set))))
     parity = check_parity(model, fp32, parity_set)
     if not parity.passed:
         onnx_path.unlink()
         raise ToolkitError(f"ONNX parity check failed, model.onnx removed: {parity.describe()}")
-    console.print(f"model.onnx (opset {OPSET}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
-    section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": OPSET, "parity": parity.to_dict()}}
+    console.print(f"model.onnx (opset {opset}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
+    section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": opset, "parity": parity.to_dict()}}
 
     fp32_held_out = fp32.predict(held_out)  # reused by every target's guard
     fp32_top1 = float((fp32_held_out.argmax(1) == held_out.labels).mean())

@@ -68,6 +68,12 @@ def check_run_recipe(recipe: Recipe) -> None:
     from toolkit.qad import check_recover
 
     e = recipe.export
+    from export.onnx_export import check_opset
+
+    try:
+        check_opset(e.opset)
+    except ToolkitError as exc:
+        raise ToolkitError(f"export.opset: {exc}") from exc
     try:
         check_recover(e.recover, e.int8, tuple(e.backends), e.qad_epochs, e.qad_images)
     except ToolkitError as exc:
@@ -219,7 +225,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
         e = recipe.export
         run_export(run_dir, int8=e.int8, targets=tuple(e.backends), calib_size=e.calib_size,
                    calib_method=e.calib_method, tolerance_points=e.tolerance, held_out_images=e.held_out_images,
-                   max_float_layers=e.max_float_layers, keep_float=tuple(e.keep_float),
+                   max_float_layers=e.max_float_layers, keep_float=tuple(e.keep_float), opset=e.opset,
                    recover=e.recover, qad_epochs=e.qad_epochs, qad_lr=e.qad_lr, qad_images=e.qad_images,
                    formats=tuple(e.formats), console=console)  # fmt: skip
         return _artifact_files(run_dir)

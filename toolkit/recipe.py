@@ -87,6 +87,7 @@ class ExportStepConfig(StrictModel):
         defaults.MAX_FLOAT_LAYERS, ge=0, description="activations the guard may keep in float"
     )
     keep_float: list[str] = Field([], description="nodes of model.onnx kept in float (toolkit export --keep-float)")
+    opset: int = Field(defaults.OPSET, description="ONNX opset (toolkit export --opset; 18-23)")
     recover: Literal["none", "qad", "auto"] = Field(
         "none",
         description="qad: also quantization-aware distillation, every layer INT8; auto: QAD only where the "
