@@ -215,7 +215,7 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     assert [a["method"] for a in guard["attempts"]] == ["nncf.quantize", "nncf.quantize_with_accuracy_control"]
 
 
-def test_opset_is_an_option_and_the_file_has_it(tmp_path: Path) -> None:
+def test_opset_is_an_option_and_the_file_has_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from export.onnx_export import export_onnx
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
@@ -223,6 +223,13 @@ def test_opset_is_an_option_and_the_file_has_it(tmp_path: Path) -> None:
     export_onnx(model, contract, tmp_path / "m.onnx", opset=21)
     assert onnx.load(str(tmp_path / "m.onnx")).opset_import[0].version == 21
     with pytest.raises(ToolkitError, match="--opset 17: not supported; use 18-23"):  # the exporter would write 18
+        export_onnx(model, contract, tmp_path / "m17.onnx", opset=17)
+    assert not (tmp_path / "m17.onnx").exists()
+    # Past the range check, the file itself is checked: asked for 17, torch's exporter writes 18.
+    import export.onnx_export
+
+    monkeypatch.setattr(export.onnx_export, "SUPPORTED_OPSETS", (17, *export.onnx_export.SUPPORTED_OPSETS))
+    with pytest.raises(ToolkitError, match="the ONNX exporter wrote opset 18, not the 17 asked for"):
         export_onnx(model, contract, tmp_path / "m17.onnx", opset=17)
     assert not (tmp_path / "m17.onnx").exists()
 
