@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.packages import missing_package
 from runtime.classifier import COREML_META_FORMAT, COREML_META_PREPROCESS, coreml_spec_problems
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
@@ -30,12 +31,7 @@ MAX_BATCH = 64
 
 def unavailable_reason() -> str | None:
     """None when coremltools can convert here, else what to install."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            import coremltools  # noqa: F401
-    except ImportError:
-        return "the coremltools package is not installed (pip install 'edge-distill-toolkit[mobile]')"
-    return None
+    return missing_package(("coremltools",), "mobile")
 
 
 def int8_unavailable_reason() -> str:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.packages import missing_package
 from runtime.atomic import write_bytes
 from runtime.classifier import EXECUTORCH_FORMAT_METHOD, EXECUTORCH_PRECISION_METHOD, EXECUTORCH_PREPROCESS_METHOD
 from runtime.errors import ToolkitError
@@ -31,11 +32,7 @@ MAX_BATCH = 64
 
 def unavailable_reason() -> str | None:
     """None when ExecuTorch can export here, else what to install."""
-    try:
-        import executorch  # noqa: F401
-    except ImportError:
-        return "the executorch package is not installed (pip install 'edge-distill-toolkit[mobile]')"
-    return None
+    return missing_package(("executorch",), "mobile")
 
 
 def export_executorch(

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from export.packages import missing_package
 from runtime.atomic import write_bytes, write_json
 from runtime.classifier import NCNN_SIDECAR
 from runtime.errors import ToolkitError
@@ -31,12 +32,7 @@ FORMAT = "edge-distill-classifier/1"
 
 def unavailable_reason() -> str | None:
     """None when PNNX and ncnn are installed, else what to install."""
-    for package in ("pnnx", "ncnn"):
-        try:
-            __import__(package)
-        except ImportError:
-            return f"the {package} package is not installed (pip install 'edge-distill-toolkit[mobile]')"
-    return None
+    return missing_package(("pnnx", "ncnn"), "mobile")
 
 
 def int8_unavailable_reason() -> str:

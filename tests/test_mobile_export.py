@@ -80,3 +80,12 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     assert res.exit_code == 0, res.output
     bench = json.loads((tiny_run / "bench" / "ncnn-cpu.json").read_text())
     assert [r["artifact"] for r in bench["artifacts"]] == ["ncnn"]
+
+
+def test_a_missing_exporter_package_names_the_extra() -> None:
+    from export.packages import missing_package
+
+    assert missing_package(("executorch", "ncnn"), "mobile") is None
+    assert missing_package(("ncnn", "no_such_package_xyz"), "mobile") == (
+        "the no_such_package_xyz package is not installed (pip install 'edge-distill-toolkit[mobile]')"
+    )
