@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.guard import GuardReport, top1
+from export.guard import GuardReport
 from runtime.atomic import free_bytes, megabytes, write_errors
 from runtime.classifier import OV_PREPROCESS, OpenVinoClassifier, contract_batches
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.fidelity import DEFAULT_CRITERIA, Fidelity, GuardCriteria
 from runtime.preprocess import PreprocessContract
 
 
@@ -60,46 +61,51 @@ def quantize_openvino(
     xml_path: Path,
     batches: list[np.ndarray],
     held_out: Dataset,
-    fp32_top1: float,
-    tolerance_points: float = 0.5,
+    fp32_logits: np.ndarray,
+    criteria: GuardCriteria = DEFAULT_CRITERIA,
 ) -> GuardReport:
-    """NNCF PTQ to INT8 IR; on a drop past tolerance, NNCF accuracy control keeps sensitive ops in float."""
+    """NNCF PTQ to INT8 IR; when it misses a guard criterion, NNCF accuracy control keeps sensitive ops in float.
+
+    Accuracy control drives one metric: top-1 less the agreement and per-class shortfalls (GuardCriteria.shortfall
+    without its top-1 term), so a model that keeps its accuracy but swaps answers is reworked too."""
     import nncf
 
     calibration = nncf.Dataset(batches)
-    report = GuardReport(tolerance_points, fp32_top1)
+    report = GuardReport(criteria, fp32_logits, held_out.labels)
     quantized = nncf.quantize(fp32_model, calibration, subset_size=len(batches))
     _save_ir_atomically(quantized, xml_path)
-    report.int8_top1 = top1(OpenVinoClassifier(xml_path), held_out)
-    report.attempts.append({"method": "nncf.quantize", "int8_top1": report.int8_top1})
+    report.record(OpenVinoClassifier(xml_path).predict(held_out), method="nncf.quantize")
     if report.passed:
         return report
 
     contract = PreprocessContract.from_json(fp32_model.get_rt_info(OV_PREPROCESS).astype(str))
     batch = 64
-    labels = [held_out.labels[i : i + batch] for i in range(0, len(held_out), batch)]
-    held_out_batches = nncf.Dataset(list(zip(contract_batches(held_out, contract, batch), labels)))
+    starts = range(0, len(held_out), batch)
+    items = [(b, held_out.labels[i : i + batch], fp32_logits[i : i + batch])
+             for i, b in zip(starts, contract_batches(held_out, contract, batch))]  # fmt: skip
+    lenient = GuardCriteria(tolerance_points=100.0, min_agreement_pct=criteria.min_agreement_pct,
+                            max_class_drop_points=criteria.max_class_drop_points, max_kl=criteria.max_kl)  # fmt: skip
 
-    def validate(compiled, items) -> float:
-        correct = total = 0
-        for batch, labels in items:
-            correct += int((compiled(batch)[0].argmax(1) == labels).sum())
-            total += len(labels)
-        return correct / max(total, 1)
+    def validate(compiled, subset) -> float:
+        subset = list(subset)
+        logits = np.concatenate([compiled(b)[0] for b, _, _ in subset])
+        labels = np.concatenate([y for _, y, _ in subset])
+        f = Fidelity.measure(np.concatenate([r for _, _, r in subset]), logits, labels)
+        return f.int8_top1 - lenient.shortfall(f)
 
     controlled = nncf.quantize_with_accuracy_control(
         fp32_model,
         calibration,
-        held_out_batches,
+        nncf.Dataset(items),
         validation_fn=validate,
-        max_drop=max(tolerance_points, 0.0) / 100.0,
+        max_drop=criteria.tolerance_points / 100.0,
         drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(batches),
     )
     _save_ir_atomically(controlled, xml_path)
-    report.int8_top1 = top1(OpenVinoClassifier(xml_path), held_out)
     report.kept_in_float = sorted(quantized_ops(quantized) - quantized_ops(controlled))
-    report.attempts.append({"method": "nncf.quantize_with_accuracy_control", "int8_top1": report.int8_top1})
+    report.record(OpenVinoClassifier(xml_path).predict(held_out), method="nncf.quantize_with_accuracy_control",
+                  kept_in_float=report.kept_in_float)  # fmt: skip
     return report
 
 

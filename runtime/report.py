@@ -14,24 +14,10 @@ import yaml
 
 from runtime.artifacts import KNOWN, REFERENCE, UNPRUNED, eval_slug, read_run_manifest, run_artifacts
 from runtime.errors import ToolkitError
-from runtime.verdict import per_class_drops, ship_verdicts
+from runtime.fidelity import compare_logits
+from runtime.verdict import eval_fidelity, ship_verdicts
 
 TEACHER_MISSING = "no teacher outputs for this dataset in the run (cross-entropy-only run, or teacher not cached)"
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(1, keepdims=True)
-
-
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement and mean KL(reference || candidate) in nats between two models' logits on the same images."""
-    if reference.shape != candidate.shape:
-        raise ToolkitError(f"cannot compare logits of shapes {reference.shape} and {candidate.shape}")
-    p, q = _softmax(reference), _softmax(candidate)
-    kl = np.sum(p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None))), axis=1)
-    return {"agreement": float((p.argmax(1) == q.argmax(1)).mean()), "kl": float(kl.mean())}
 
 
 def _pick_dataset(run_dir: Path, evaluations: dict[str, Any], dataset: str | None) -> str | None:
@@ -196,9 +182,19 @@ def build_report(run_dir: Path, dataset: str | None = None) -> dict[str, Any]:
         "parity": exports.get("onnx", {}).get("parity"),
         "calibration": exports.get("calibration"),
         "guards": guards,
+        "sensitivity": {
+            key: entry["sensitivity"]
+            for key, entry in exports.items()
+            if isinstance(entry, dict) and "sensitivity" in entry
+        },
         "tensorrt_engine": engine,
         "environments": _environments(run_dir),
         "code": {k: manifest.get("environment", {}).get(k) for k in ("git_commit", "git_dirty")},
     }
-    report["verdicts"] = ship_verdicts(report, per_class_drops(run_dir, chosen))
+    measured = eval_fidelity(run_dir, chosen)
+    for stage in report["ladder"]:
+        if stage["stage"] in measured and stage.get("versus") == REFERENCE.get(stage["stage"]):
+            f = measured[stage["stage"]].summary()
+            stage.update({k: f[k] for k in ("worst_class", "worst_class_drop_points", "worst_significant_class")})
+    report["verdicts"] = ship_verdicts(report, measured)
     return report

@@ -17,6 +17,8 @@ from typing import Any
 from runtime.atomic import write_bytes, write_json, write_text
 from runtime.session_settings import describe_settings
 
+SENSITIVITY_ROWS = 20  # worst activations shown per INT8 artifact (report.json has all)
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
@@ -24,6 +26,29 @@ def _pct(x: float | None) -> str:
 
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e6:.2f}"
+
+
+def _guard_row(key: str, g: dict[str, Any]) -> list[str]:
+    """A guard record as a table row; a record from before the agreement/class/KL criteria shows '-' for them."""
+    limit = {k: g.get(k) for k in ("tolerance_points", "min_agreement_pct", "max_class_drop_points", "max_kl")}
+    worst = "-"
+    if g.get("worst_class") is not None:
+        star = "*" if g.get("worst_significant_class") == g["worst_class"] else ""
+        worst = (
+            f"{g['worst_class_drop_points']:.2f}{star} (class {g['worst_class']}; {limit['max_class_drop_points']:g})"
+        )
+    return [
+        key,
+        g["verdict"],
+        _pct(g["fp32_top1"]),
+        _pct(g["int8_top1"]),
+        f"{g['drop_points']:.2f} ({g['tolerance_points']:g})",
+        f"{_pct(g['agreement'])} ({limit['min_agreement_pct']:g})" if "agreement" in g else "-",
+        worst,
+        f"{g['kl']:.2e} ({limit['max_kl']:g})" if "kl" in g else "-",
+        ", ".join(g["kept_in_float"]) or "none",
+        "; ".join(g.get("failures") or []) or "-",
+    ]
 
 
 def _top1_by_artifact(report: dict[str, Any]) -> dict[str, float]:
@@ -62,7 +87,8 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 "What to ship",
                 "Per target, the fastest artifact (batch-1 p50, ms) whose checks all pass: parity for FP32 forms; "
-                "the INT8 guard, agreement with the FP32 form and no class losing more than 5 points for INT8.\n\n"
+                "for INT8, the export's accuracy guard and its agreement, per-class and KL criteria re-checked on the "
+                "evaluation set.\n\n"
                 + _table(["target", "ship", "p50", "runner-up", "INT8 worth it", "note"], verdict_rows),
             )
         )
@@ -70,7 +96,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     labels = {s["stage"]: s["label"] for s in report["ladder"]}
     for s in report["ladder"]:
         if not s.get("available"):
-            ladder_rows.append([s["label"], "-", "-", "-", s.get("reason", "not available")])
+            ladder_rows.append([s["label"], "-", "-", "-", "-", s.get("reason", "not available")])
             continue
         agreement = "-" if "agreement" not in s else _pct(s["agreement"])
         kl = "-" if "kl" not in s else f"{s['kl']:.2e}"
@@ -79,12 +105,17 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             same = s["same_images"]
             versus += (f" on its {same['n']:,} of {same['of']:,} images (this stage's top-1 there: "
                        f"{_pct(same['top1'])})")  # fmt: skip
-        ladder_rows.append([s["label"], _pct(s["top1"]), agreement, kl, versus])
+        worst = "-"
+        if s.get("worst_class") is not None:
+            star = "*" if s.get("worst_significant_class") == s["worst_class"] else ""
+            worst = f"{s['worst_class_drop_points']:.2f}{star} (class {s['worst_class']})"
+        ladder_rows.append([s["label"], _pct(s["top1"]), agreement, kl, worst, versus])
     out.append(
         (
             "Fidelity ladder",
-            "Top-1 (%), top-1 agreement (%) and mean KL (nats) with the stage it was made from.\n\n"
-            + _table(["stage", "top-1", "agreement", "KL", "compared with"], ladder_rows),
+            "Top-1 (%), top-1 agreement (%), mean KL (nats) and the worst class's accuracy drop (points; * when "
+            "significant by McNemar's test) with the stage it was made from.\n\n"
+            + _table(["stage", "top-1", "agreement", "KL", "worst class", "compared with"], ladder_rows),
         )
     )
     top1 = _top1_by_artifact(report)
@@ -126,24 +157,38 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report["calibration"]:
         c = report["calibration"]
         body.append(f"Calibration: {c['images']} images ({c['method']}) from the {c['source']}.")
-    guard_rows = [
-        [
-            key,
-            g["verdict"],
-            _pct(g["fp32_top1"]),
-            _pct(g["int8_top1"]),
-            f"{g['drop_points']:.2f}",
-            f"{g['tolerance_points']:.2f}",
-            ", ".join(g["kept_in_float"]) or "none",
-        ]
-        for key, g in report["guards"].items()
-    ]
+    guard_rows = [_guard_row(key, g) for key, g in report["guards"].items()]
     if guard_rows:
         body.append(
-            "Accuracy guard, on the held-out validation images (points of top-1):\n\n"
+            "Accuracy guard, on the held-out validation images: top-1 drop (points), top-1 agreement with FP32 (%), "
+            "the worst class's drop (points; * when McNemar's test calls the loss significant, which is what "
+            "fails it) and mean KL(FP32 || INT8) (nats), each against its limit in brackets.\n\n"
             + _table(
-                ["artifact", "verdict", "FP32 top-1", "INT8 top-1", "drop", "tolerance", "kept in float"], guard_rows
-            )
+                [
+                    "artifact",
+                    "verdict",
+                    "FP32 top-1",
+                    "INT8 top-1",
+                    "drop",
+                    "agreement",
+                    "worst class",
+                    "KL",
+                    "kept in float",
+                    "why not",
+                ],
+                guard_rows,
+            )  # fmt: skip
+        )
+    for key, sens in report.get("sensitivity", {}).items():
+        kept = set((report["guards"].get(key) or {}).get("kept_in_float") or [])
+        rows = [[str(i + 1), f"`{t['tensor']}`", f"{t['sqnr_db']:.1f}", ", ".join(t["consumers"]) or "(graph output)",
+                 "yes" if kept & set(t["consumers"]) else "no"]
+                for i, t in enumerate(sens["tensors"][:SENSITIVITY_ROWS])]  # fmt: skip
+        body.append(
+            f"Per-layer sensitivity of {key}: the {len(rows)} quantized activations with the lowest SQNR (dB; every "
+            f"one of the {len(sens['tensors'])} in report.json) with every layer INT8, on {sens['images']} "
+            "calibration images, and the layers that read them (names for `--keep-float`):\n\n"
+            + _table(["#", "activation", "SQNR dB", "read by", "kept in float"], rows)
         )
     engine = report.get("tensorrt_engine")
     if engine:
@@ -337,6 +382,17 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         ax.set_xlabel("batch-1 latency (ms, log scale); whiskers p1-p99")
         ax.set_title("Latency distribution")
         save(fig, "latency_distribution.png")
+    for key, sens in report.get("sensitivity", {}).items():
+        worst = sens["tensors"][:SENSITIVITY_ROWS][::-1]
+        if not worst:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.25 * len(worst)))
+        ax.barh(range(len(worst)), [t["sqnr_db"] for t in worst], color="tab:red", alpha=0.7)
+        ax.set_yticks(range(len(worst)), [t["tensor"] for t in worst], fontsize=6)
+        ax.set_xlabel("SQNR (dB, higher is better)")
+        ax.set_title(f"Lowest-SQNR activations: {key}")
+        ax.grid(axis="x", alpha=0.3)
+        save(fig, f"sensitivity_{key}.png")
     hist = report["training"]["history"]
     if hist:
         fig, ax = plt.subplots(figsize=(6.4, 3.6))

@@ -21,6 +21,10 @@ HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (
     FASHION_DIR / "train-images-idx3-ubyte"
 ).is_file()
 
+# `toolkit export` guard flags for tests about structure (any INT8 model passes) and about failing (no INT8 model
+# reproduces its FP32 softmax exactly, so a KL limit of 0 fails every one).
+LENIENT_GUARD = ["--tolerance", "100", "--min-agreement", "0", "--max-class-drop", "100", "--max-kl", "100"]
+FAILING_GUARD = ["--max-kl", "0"]
 CLASS_COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (210, 200, 40)}
 
 

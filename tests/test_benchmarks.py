@@ -127,3 +127,19 @@ def test_qad_seed_table_by_hand() -> None:
     # TensorRT: PTQ 1 and 2 (1.50), QAD 0.5 and 0 (0.25): 83%
     assert rows["TensorRT S8S8"].endswith("| 1.50 +- 0.50 | 0.25 +- 0.25 | 83% |")
     assert rows["OpenVINO"].endswith("| PTQ drop < 1 pt |")  # nothing to recover
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed (scripts/get-fashion-mnist.sh)")
+def test_guard_criteria_measures_every_form_on_both_splits(monkeypatch, tmp_path) -> None:
+    module = _load("guard_criteria")
+    out = tmp_path / "guard.md"
+    argv = ["guard_criteria.py", "--students", "resnet18", "--seeds", "0", "--per-class", "20", "--test-per-class",
+            "10", "--epochs", "1", "--calib-size", "16", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    module.main()
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| resnet18 |")]
+    assert len(rows) == 10 and {r[3].strip() for r in rows} == {"held-out", "test"}  # 5 INT8 forms x 2 splits
+    for r in rows:
+        assert 0.0 <= float(r[6]) <= 100.0 and float(r[9]) >= 0.0
+        assert r[10].strip() == "PASS" or r[10].strip().startswith("FAIL: ")

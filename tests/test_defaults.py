@@ -9,7 +9,8 @@ from toolkit import cli
 from toolkit.recipe import BenchStepConfig, ExportStepConfig
 
 # recipe keys whose CLI flag has the same name
-EXPORT = ("calib_size", "calib_method", "tolerance", "held_out_images", "max_float_layers", "qad_epochs", "opset")
+EXPORT = ("calib_size", "calib_method", "tolerance", "min_agreement", "max_class_drop", "max_kl", "held_out_images",
+          "max_float_layers", "qad_epochs", "opset", "calib_seeds")  # fmt: skip
 BENCH = ("min_duration", "min_queries", "warmup", "max_duration", "rounds")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import write_image_folder, write_recipe
+from conftest import FAILING_GUARD, LENIENT_GUARD, write_image_folder, write_recipe
 from onnx import numpy_helper
 from torch import nn
 from typer.testing import CliRunner
@@ -60,11 +60,17 @@ def zero_points(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
-    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--backend", "all", "--tolerance", "100"])
+    args = ["export", str(run_dir), "--int8", "--backend", "all", *LENIENT_GUARD, "--calib-seeds", "3"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     ex = exports(run_dir)
     assert ex["int8_onnxruntime"]["guard"]["verdict"] == "PASS"
     assert ex["int8_tensorrt"]["guard"]["verdict"] == "PASS"
+    for key in ("int8_onnxruntime", "int8_tensorrt"):  # the first calibration sample is the shipped model's
+        spread = ex[key]["calibration_spread"]
+        assert spread["samples"] == 3 and spread["int8_top1"][0] == ex[key]["guard"]["int8_top1"]
+        assert spread["std_top1"] == pytest.approx(np.std(spread["int8_top1"], ddof=1))
+    assert "calibration_spread" not in ex["int8_openvino"]
     assert ex["calibration"]["images"] >= 4
     from export.tensorrt_engine import unavailable_reason
 
@@ -98,16 +104,28 @@ def test_keep_float_keeps_the_users_layers_in_float(run_dir: Path) -> None:
 
     assert runner.invoke(app, ["export", str(run_dir)]).exit_code == 0  # model.onnx: its node names
     conv = next(n.name for n in onnx.load(str(run_dir / "model.onnx")).graph.node if n.op_type == "Conv")
-    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--tolerance", "100", "--keep-float", conv])
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", *LENIENT_GUARD, "--keep-float", conv])
     assert res.exit_code == 0, res.output
     guard = exports(run_dir)["int8_onnxruntime"]["guard"]
     assert guard["kept_in_float"] == [conv] and guard["attempts"][0]["kept_in_float"] == [conv]
+    assert qdq_form(onnx.load(str(run_dir / "model.int8.onnx")))["float_ops"] == [conv]
+    # The sensitivity table of the first try: every quantized activation, worst first, with its readers.
+    sens = exports(run_dir)["int8_onnxruntime"]["sensitivity"]
+    assert sens["images"] >= 4 and len(sens["tensors"]) >= 3
+    assert [t["sqnr_db"] for t in sens["tensors"]] == sorted(t["sqnr_db"] for t in sens["tensors"])
+    assert not any(conv in t["consumers"] for t in sens["tensors"])  # its input stays float: nothing to measure
+    # The same exclusion from the run's own manifest (what its guard kept in float).
+    (run_dir / "model.int8.onnx").unlink()
+    keep = run_dir.parent / "keep.json"
+    keep.write_text((run_dir / "manifest.json").read_text())
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", *LENIENT_GUARD, "--keep-float-from", str(keep)])
+    assert res.exit_code == 0, res.output
     assert qdq_form(onnx.load(str(run_dir / "model.int8.onnx")))["float_ops"] == [conv]
 
 
 @pytest.mark.slow
 def test_guard_forced_failure_keeps_layers_in_float(run_dir: Path) -> None:
-    args = ["export", str(run_dir), "--int8", "--tolerance", "-100", "--max-float-layers", "2"]
+    args = ["export", str(run_dir), "--int8", *FAILING_GUARD, "--max-float-layers", "2"]
     res = runner.invoke(app, args)
     assert res.exit_code != 0 and "accuracy guard FAILED" in str(res.exception)
     guard = exports(run_dir)["int8_onnxruntime"]["guard"]
@@ -196,7 +214,7 @@ def test_calibration_sample_and_validation(tmp_path: Path) -> None:
 def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
     from runtime.classifier import OpenVinoClassifier
 
-    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--backend", "openvino", "--tolerance", "100"])
+    res = runner.invoke(app, ["export", str(run_dir), "--int8", "--backend", "openvino", *LENIENT_GUARD])
     assert res.exit_code == 0, res.output
     ex = exports(run_dir)
     assert ex["openvino"]["parity_vs_onnx"]["passed"] and ex["openvino"]["file"] == "model.openvino/model.xml"
@@ -207,7 +225,7 @@ def test_openvino_ir_and_int8_with_accuracy_control(run_dir: Path) -> None:
         assert m.run(np.zeros((3, 3, 16, 16), np.float32)).shape == (3, 4)
     assert not list(run_dir.glob(".model*"))  # no temp folders left
     res = runner.invoke(
-        app, ["export", str(run_dir), "--int8", "--backend", "openvino", "--tolerance", "-100", "--allow-fail"]
+        app, ["export", str(run_dir), "--int8", "--backend", "openvino", *FAILING_GUARD, "--allow-fail"]
     )
     assert res.exit_code == 0, res.output
     guard = exports(run_dir)["int8_openvino"]["guard"]
@@ -293,10 +311,46 @@ def test_export_for_a_target_writes_only_what_it_runs(run_dir: Path, tmp_path: P
     manifest.pop("exports", None)
     (run / "manifest.json").write_text(json.dumps(manifest))
     res = runner.invoke(app, ["export", str(run), "--target", "openvino-cpu", "--held-out-images", "16",
-                              "--calib-size", "16", "--tolerance", "100"])  # fmt: skip
+                              "--calib-size", "16", *LENIENT_GUARD])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert set(exports(run)) == {"onnx", "openvino", "calibration", "int8_openvino"}
     assert not (run / "model.int8.onnx").exists()
     res = runner.invoke(app, ["export", str(run), "--target", "ort-cpu-9t"])
     assert res.exit_code != 0 and "unknown target 'ort-cpu-9t'" in str(res.exception)
     assert 'Did you mean "ort-cpu-1t"' in str(res.exception) or 'Did you mean "ort-cpu-2t"' in str(res.exception)
+
+
+def test_keep_float_from_reads_a_report_a_manifest_or_a_list(tmp_path: Path) -> None:
+    from toolkit.exporting import keep_float_names
+
+    guards = {"int8_onnxruntime": {"kept_in_float": ["conv_1", "conv_2"]},
+              "int8_tensorrt": {"kept_in_float": ["conv_2", "gemm"]},
+              "int8_openvino": {"kept_in_float": ["node_Conv_9/WithoutBiases"]}}  # fmt: skip
+    files = {"report.json": {"guards": guards},
+             "manifest.json": {"exports": {k: {"guard": v} for k, v in guards.items()} | {"onnx": {"opset": 18}}},
+             "mine.json": {"keep_float": ["conv_1", "conv_2", "gemm"]},
+             "list.json": ["conv_1", "conv_2", "gemm", "conv_1"]}  # fmt: skip
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        assert keep_float_names(tmp_path / name) == ("conv_1", "conv_2", "gemm"), name  # OpenVINO's names: not these
+    (tmp_path / "bad.json").write_text('{"keep_float": "conv_1"}')
+    (tmp_path / "broken.json").write_text("{")
+    for name, message in (("bad.json", "expected a run's report.json"), ("broken.json", "not a readable JSON"),
+                          ("missing.json", "no such file")):  # fmt: skip
+        with pytest.raises(ToolkitError, match=f"--keep-float-from .*{name}: {message}"):
+            keep_float_names(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"calib_seeds": 0}, "--calib-seeds 0: must be at least 1"),
+        ({"calib_seeds": 3}, "--calib-seeds re-quantizes the ONNX INT8 forms: add --int8"),
+        ({"calib_seeds": 3, "int8": True, "targets": ("openvino",)}, "--calib-seeds re-quantizes the ONNX INT8"),
+    ],
+)
+def test_calib_seeds_is_refused_where_unused(tmp_path: Path, kwargs: dict, message: str) -> None:
+    from toolkit.exporting import run_export
+
+    with pytest.raises(ToolkitError, match=message):
+        run_export(tmp_path / "no-run", **kwargs)

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 
 import pytest
-from conftest import write_image_folder, write_recipe
+from conftest import LENIENT_GUARD, write_image_folder, write_recipe
 from typer.testing import CliRunner
 
 from runtime.artifacts import run_artifacts
@@ -44,7 +44,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     runner = CliRunner()
-    args = ["export", str(tiny_run), "--int8", "--format", "executorch", "--tolerance", "100", "--held-out-images",
+    args = ["export", str(tiny_run), "--int8", "--format", "executorch", *LENIENT_GUARD, "--held-out-images",
             "8", "--calib-size", "8"]  # fmt: skip
     res = runner.invoke(app, [*args, "--format", "ncnn"])  # no NCNN INT8 here: refused before anything is written
     assert isinstance(res.exception, ToolkitError) and not (tiny_run / "model.onnx").exists()

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import write_image_folder, write_recipe
+from conftest import FAILING_GUARD, LENIENT_GUARD, write_image_folder, write_recipe
 from torch import nn
 from typer.testing import CliRunner
 
@@ -188,7 +188,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_export_recover_qad_end_to_end(tiny_run: Path) -> None:
     args = ["export", str(tiny_run), "--int8", "--backend", "all"]
-    res = CliRunner().invoke(app, [*args, "--recover", "qad", "--qad-images", "24", "--tolerance", "100"])
+    res = CliRunner().invoke(app, [*args, "--recover", "qad", "--qad-images", "24", *LENIENT_GUARD])
     assert res.exit_code == 0, res.output
     exports = json.loads((tiny_run / "manifest.json").read_text())["exports"]
     entry = exports["int8_onnxruntime_qad"]
@@ -213,17 +213,17 @@ def test_export_recover_qad_end_to_end(tiny_run: Path) -> None:
 def test_export_recover_auto_runs_qad_only_where_ptq_failed(tiny_run: Path) -> None:
     (tiny_run / "model.int8.qad.onnx").unlink(missing_ok=True)
     args = ["export", str(tiny_run), "--int8", "--recover", "auto", "--qad-images", "24"]
-    res = CliRunner().invoke(app, [*args, "--tolerance", "100"])
+    res = CliRunner().invoke(app, [*args, *LENIENT_GUARD])
     assert res.exit_code == 0, res.output
     assert not (tiny_run / "model.int8.qad.onnx").exists()  # PTQ passed: nothing to recover
-    res = CliRunner().invoke(app, [*args, "--tolerance", "-1", "--max-float-layers", "0"])
+    res = CliRunner().invoke(app, [*args, *FAILING_GUARD, "--max-float-layers", "0"])
     assert res.exit_code != 0 and (tiny_run / "model.int8.qad.onnx").is_file()
     assert "model.int8.qad.onnx" in str(res.exception) and "accuracy guard FAILED" in str(res.exception)
 
 
 @pytest.mark.slow
 def test_qad_resumes_from_its_checkpoint(tiny_run: Path) -> None:
-    args = ["export", str(tiny_run), "--int8", "--recover", "qad", "--qad-images", "24", "--tolerance", "100"]
+    args = ["export", str(tiny_run), "--int8", "--recover", "qad", "--qad-images", "24", *LENIENT_GUARD]
     assert CliRunner().invoke(app, [*args, "--qad-epochs", "1"]).exit_code == 0
     res = CliRunner().invoke(app, [*args, "--qad-epochs", "2", "--resume"])
     assert res.exit_code == 0, res.output

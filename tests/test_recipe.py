@@ -89,6 +89,14 @@ def test_resolved_defaults_follow_student(tmp_path: Path) -> None:
     assert again == r  # the saved resolved config reloads to the same recipe
 
 
+@pytest.mark.parametrize("name", ["", "resnet_18"])
+def test_an_unknown_student_names_the_recipe_file(tmp_path: Path, name: str) -> None:
+    """Regression (found by the recipe-mutation property test): the student lookup's error lacked the file."""
+    path = bad_recipe(tmp_path, {"student.name": name})
+    with pytest.raises(ToolkitError, match=f"^{path}: student.name '{name}' is neither a registered student"):
+        load_recipe(path)
+
+
 @pytest.mark.parametrize(
     "recipe", sorted((REPO / "recipes").glob("*.yaml")) + [REPO / "toolkit" / "recipes" / "demo.yaml"]
 )

@@ -223,3 +223,32 @@ def test_report_of_a_distillation_run_with_stages_and_no_validation(tmp_path: Pa
     md = (run / "report.md").read_text()
     assert "| stage | epoch | train loss | val top-1 | lr |" in md and "| psc | 1 | 2.0000 | - |" in md
     assert (run / "report_files" / "training_curves.png").is_file()
+
+
+def test_guard_criteria_sensitivity_and_class_checks_reach_the_report(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    base = run / "eval" / "fake-test"
+    labels = np.argmax(np.load(base / "logits.npy"), 1)  # the student is right everywhere: INT8's flips are losses
+    for folder in (base / "artifacts" / "onnx", base / "artifacts" / "int8_onnxruntime"):
+        np.save(folder / "labels.npy", labels)
+    manifest = json.loads((run / "manifest.json").read_text())
+    entry = manifest["exports"]["int8_onnxruntime"]
+    entry["guard"].update(min_agreement_pct=90.0, max_class_drop_points=5.0, max_kl=1.0, agreement=0.99, kl=0.001,
+                          worst_class=2, worst_class_drop_points=3.0, worst_significant_class=None,
+                          failures=[])  # fmt: skip
+    entry["sensitivity"] = {"images": 64, "tensors": [{"tensor": f"act_{i}", "sqnr_db": 10.0 + i,
+                                                         "consumers": [f"conv_{i}"]} for i in range(25)]}  # fmt: skip
+    entry["sensitivity"]["tensors"][0]["consumers"] = ["/layer4/conv"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    report = build_report(run)
+    ladder = {s["stage"]: s for s in report["ladder"]}
+    assert ladder["int8_onnxruntime"]["worst_class"] is not None
+    assert ladder["int8_onnxruntime"]["worst_significant_class"] is not None  # 10 losses, no gains: significant
+    (v,) = report["verdicts"]  # 96% agreement passes the export's 90%; the class drop on the test set does not
+    assert v["ship"]["artifact"] == "onnx" and "on the evaluation set: class" in v["runner_up"]["why"]
+    assert "agrees" not in v["runner_up"]["why"]
+    md = render(report, run)["markdown"].read_text()
+    assert "| int8_onnxruntime | PASS | 90.00 | 89.00 | 1.00 (0.5) | 99.00 (90) | 3.00 (class 2; 5) |" in md
+    assert "| 1 | `act_0` | 10.0 | /layer4/conv | yes |" in md and "| 20 | `act_19` |" in md and "act_20" not in md
+    assert (run / "report_files" / "sensitivity_int8_onnxruntime.png").is_file()
+    assert len(json.loads((run / "report.json").read_text())["sensitivity"]["int8_onnxruntime"]["tensors"]) == 25

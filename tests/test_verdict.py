@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from runtime.verdict import describe_verdict, per_class_drops, ship_verdicts
+from runtime.fidelity import Fidelity
+from runtime.verdict import describe_verdict, eval_fidelity, ship_verdicts
 
 
 def report(p50: dict[str, float], guard: str = "PASS", agreement: float = 0.99, parity: bool = True,
@@ -36,11 +37,17 @@ def test_fastest_passing_artifact_ships_and_the_runner_up_is_explained() -> None
     [
         ({"guard": "FAIL"}, {}, "guard FAIL (top-1 drop 2.0 > 0.5 points)"),
         ({"agreement": 0.9}, {}, "agrees with onnx on 90.0% (< 97%)"),
-        ({}, {"int8_onnxruntime": 0.08}, "a class loses 8.0% (> 5%)"),
+        (
+            {},
+            {"int8_onnxruntime": "class"},
+            "on the evaluation set: class 1 drops 20.00 > 5 points (20 of its 100 images lost, 0 gained)",
+        ),
+        ({}, {"int8_onnxruntime": "agreement"}, "on the evaluation set: agreement with FP32 96.00% < 97%"),
     ],
 )
 def test_a_faster_artifact_that_fails_a_check_loses_and_says_why(kwargs: dict, drops: dict, why: str) -> None:
-    (v,) = ship_verdicts(report({"onnx": 10.0, "int8_onnxruntime": 4.0}, **kwargs), drops)
+    measured = {key: _measured(kind) for key, kind in drops.items()}
+    (v,) = ship_verdicts(report({"onnx": 10.0, "int8_onnxruntime": 4.0}, **kwargs), measured)
     assert v["ship"]["artifact"] == "onnx"
     assert v["runner_up"]["artifact"] == "int8_onnxruntime" and v["runner_up"]["why"] == f"4.00 ms, but {why}"
 
@@ -60,14 +67,35 @@ def test_nothing_passes() -> None:
     assert describe_verdict(v).startswith("ort-cpu-1t: nothing to ship")
 
 
-def test_per_class_drop_against_the_fp32_reference(tmp_path: Path) -> None:
+def _measured(kind: str) -> Fidelity:
+    """1,000 images (900 of class 0, 100 of class 1), all right in FP32 but 40 of class 0 (called class 2).
+    "class": INT8 gets 20 of class 1 wrong (a 20-point class drop, 98% agreement); "agreement": INT8 calls the 40
+    class 1 instead (as wrong as before: 96% agreement, no class drop)."""
+    labels = np.repeat([0, 1], [900, 100])
+    reference = np.eye(3)[labels]
+    reference[:40] = np.eye(3)[2]
+    candidate = reference.copy()
+    if kind == "class":
+        candidate[900:920] = np.eye(3)[0]
+    else:
+        candidate[:40] = np.eye(3)[1]
+    return Fidelity.measure(reference, candidate, labels)
+
+
+def test_eval_fidelity_pairs_each_artifact_with_its_reference(tmp_path: Path) -> None:
     base = tmp_path / "eval" / "test" / "artifacts"
-    for key, per_class in {"onnx": {"a": 0.9, "b": 0.8, "c": None},
-                           "int8_onnxruntime": {"a": 0.92, "b": 0.71, "c": None}}.items():  # fmt: skip
+    labels = np.array([0, 0, 1, 1])
+    logits = {"onnx": np.eye(2)[[0, 0, 1, 1]], "int8_onnxruntime": np.eye(2)[[0, 1, 1, 1]]}
+    for key, value in logits.items():
         (base / key).mkdir(parents=True)
-        (base / key / "metrics.json").write_text(json.dumps({"per_class": per_class}))
-    assert per_class_drops(tmp_path, "test") == {"int8_onnxruntime": pytest.approx(0.09)}
-    assert per_class_drops(tmp_path, None) == {}
+        np.save(base / key / "logits.npy", value)
+        np.save(base / key / "labels.npy", labels)
+    measured = eval_fidelity(tmp_path, "test")
+    assert set(measured) == {"int8_onnxruntime"}  # onnx's reference (the PyTorch student) was not evaluated
+    f = measured["int8_onnxruntime"]
+    assert f.agreement == 0.75 and f.classes == {0: (2, 1, 0), 1: (2, 0, 0)} and f.worst_class == 0
+    (base / "int8_onnxruntime" / "labels.npy").unlink()  # an evaluation from before labels were saved
+    assert eval_fidelity(tmp_path, "test") == {} and eval_fidelity(tmp_path, None) == {}
 
 
 def test_a_runner_up_within_the_spread_is_flagged_as_noise() -> None:

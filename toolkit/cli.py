@@ -277,6 +277,15 @@ def export_(
     tolerance: Annotated[
         float, typer.Option(help="Largest accepted top-1 drop of INT8 vs FP32, in points, on held-out images.")
     ] = defaults.TOLERANCE_POINTS,
+    min_agreement: Annotated[
+        float, typer.Option(help="Smallest accepted top-1 agreement of INT8 with FP32, in %, on held-out images.")
+    ] = defaults.MIN_AGREEMENT_PCT,
+    max_class_drop: Annotated[
+        float, typer.Option(help="Largest accepted accuracy drop of any one class, in points, on held-out images.")
+    ] = defaults.MAX_CLASS_DROP_POINTS,
+    max_kl: Annotated[
+        float, typer.Option(help="Largest accepted mean KL(FP32 || INT8) of the softmax outputs, in nats.")
+    ] = defaults.MAX_KL,
     max_float_layers: Annotated[
         int, typer.Option(help="How many of the most sensitive activations the guard may keep in float.")
     ] = defaults.MAX_FLOAT_LAYERS,
@@ -317,10 +326,25 @@ def export_(
         list[str] | None,
         typer.Option(help="A node of model.onnx the ONNX INT8 forms keep in float (repeatable, or NAME,NAME)."),
     ] = None,
+    keep_float_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep in float the nodes a JSON file names: a run's report.json or manifest.json (the nodes its "
+            'ONNX INT8 guards kept in float), {"keep_float": [...]} or a list of node names. Adds to --keep-float.'
+        ),
+    ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of model.onnx and its INT8 forms (18-23).")] = defaults.OPSET,
+    calib_seeds: Annotated[
+        int,
+        typer.Option(
+            help="Also quantize the ONNX INT8 forms from this many class-stratified calibration samples (seeds "
+            "seed, seed+1, ...) and report held-out top-1 mean +- std: how much INT8 depends on the sample."
+        ),
+    ] = defaults.CALIB_SEEDS,
 ) -> None:
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
-    from toolkit.exporting import run_export
+    from runtime.fidelity import GuardCriteria
+    from toolkit.exporting import keep_float_names, run_export
 
     targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
     formats = tuple(dict.fromkeys(format_ or ()))
@@ -339,7 +363,7 @@ def export_(
             targets=targets,
             calib_size=calib_size,
             calib_method=calib_method,
-            tolerance_points=tolerance,
+            criteria=GuardCriteria(tolerance, min_agreement, max_class_drop, max_kl),
             max_float_layers=max_float_layers,
             held_out_images=held_out_images,
             allow_fail=allow_fail,
@@ -349,8 +373,16 @@ def export_(
             qad_images=qad_images,
             resume=resume,
             formats=formats,
-            keep_float=tuple(n for item in keep_float or () for n in item.split(",") if n),
+            keep_float=tuple(
+                dict.fromkeys(
+                    [
+                        *(n for item in keep_float or () for n in item.split(",") if n),
+                        *(keep_float_names(keep_float_from) if keep_float_from else ()),
+                    ]
+                )
+            ),
             opset=opset,
+            calib_seeds=calib_seeds,
             console=console,
         )
 

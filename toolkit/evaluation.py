@@ -113,6 +113,8 @@ def write_eval(
     write_text(out / "confusion.csv", confusion_csv(report))
     with atomic_path(out / "logits.npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, logits.astype(np.float32))
+    with atomic_path(out / "labels.npy") as tmp, open(tmp, "wb") as fh:  # per-class checks pair them with logits
+        np.save(fh, np.asarray(dataset.labels, np.int64))
     return report
 
 

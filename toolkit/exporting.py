@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import onnx
 from rich.console import Console
 
 from export.calibration import calibration_batches
-from export.guard import guarded_quantize
+from export.guard import calibration_spread, guarded_quantize, sensitivity_entry
 from export.onnx_export import OPSET, check_opset, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
@@ -20,6 +21,7 @@ from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
+from runtime.fidelity import DEFAULT_CRITERIA, GuardCriteria
 from toolkit.evaluation import load_run_student
 from toolkit.mobile_export import check_formats, export_format
 from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
@@ -53,7 +55,7 @@ def run_export(
     targets: tuple[str, ...] = ("onnxruntime",),
     calib_size: int = 512,
     calib_method: str = "minmax",
-    tolerance_points: float = 0.5,
+    criteria: GuardCriteria = DEFAULT_CRITERIA,
     max_float_layers: int = 16,
     held_out_images: int = 2000,
     parity_images: int = 256,
@@ -66,12 +68,15 @@ def run_export(
     formats: tuple[str, ...] = (),
     keep_float: tuple[str, ...] = (),
     opset: int = OPSET,
+    calib_seeds: int = 1,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
     fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
     ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too.
-    ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds."""
+    ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds.
+    ``calib_seeds``: above 1, the ONNX INT8 forms are also quantized from that many calibration samples (the first is
+    the shipped one's) to show how much their accuracy depends on the sample."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
     for t in targets:
         if t not in BACKENDS:
@@ -82,6 +87,11 @@ def run_export(
     if keep_float and not (int8 and {"onnxruntime", "tensorrt"} & set(targets)):
         raise ToolkitError("--keep-float keeps nodes of the ONNX INT8 forms in float: add --int8 and --backend "
                            "onnxruntime or tensorrt (OpenVINO's NNCF names its nodes differently)")  # fmt: skip
+    if calib_seeds < 1:
+        raise ToolkitError(f"--calib-seeds {calib_seeds}: must be at least 1")
+    if calib_seeds > 1 and not (int8 and {"onnxruntime", "tensorrt"} & set(targets)):
+        raise ToolkitError("--calib-seeds re-quantizes the ONNX INT8 forms: add --int8 and --backend onnxruntime "
+                           "or tensorrt")  # fmt: skip
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
@@ -107,7 +117,6 @@ def run_export(
     section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": opset, "parity": parity.to_dict()}}
 
     fp32_held_out = fp32.predict(held_out)  # reused by every target's guard
-    fp32_top1 = float((fp32_held_out.argmax(1) == held_out.labels).mean())
     ov_fp32 = None
     if "openvino" in targets:
         from export.openvino_export import onnx_to_openvino
@@ -122,8 +131,8 @@ def run_export(
     failed: list[str] = []
     batches = calibration_batches(train_set, contract, calib_size, recipe.seed) if int8 else None
     for name in formats:
-        entries, format_failed = export_format(name, model, contract, run_dir, parity_set, held_out, fp32_top1,
-                                               batches, tolerance_points, console)  # fmt: skip
+        entries, format_failed = export_format(name, model, contract, run_dir, parity_set, held_out, fp32_held_out,
+                                               batches, criteria, console)  # fmt: skip
         section.update(entries)
         failed += format_failed
     if batches is not None:
@@ -138,7 +147,7 @@ def run_export(
             if target == "openvino":
                 from export.openvino_export import quantize_openvino
 
-                report = quantize_openvino(ov_fp32, out, batches, held_out, fp32_top1, tolerance_points)
+                report = quantize_openvino(ov_fp32, out, batches, held_out, fp32_held_out, criteria)
             else:
                 report = guarded_quantize(
                     onnx_path,
@@ -146,9 +155,9 @@ def run_export(
                     target,
                     batches,
                     held_out,
-                    fp32_top1,
+                    fp32_held_out,
                     calib_method,
-                    tolerance_points,
+                    criteria,
                     max_float_layers,
                     keep_float,
                 )
@@ -163,20 +172,26 @@ def run_export(
                 "guard": verdict,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
-            console.print(
-                f"{INT8_FILES[target]}: {verdict['verdict']} top-1 {report.int8_top1:.4f} "
-                f"vs FP32 {report.fp32_top1:.4f} "
-                f"(drop {report.drop_points:.2f} points, tolerance {tolerance_points}) on {len(held_out)} held-out "
-                f"images; kept in float: {report.kept_in_float or 'none'}"
-            )
+            if report.sensitivity:
+                section[f"int8_{target}"]["sensitivity"] = sensitivity_entry(report.sensitivity, batches)
+            if calib_seeds > 1 and target != "openvino":
+                samples = [batches] + [calibration_batches(train_set, contract, calib_size, recipe.seed + i)
+                                       for i in range(1, calib_seeds)]  # fmt: skip
+                spread = calibration_spread(onnx_path, target, samples, held_out, fp32_held_out, calib_method,
+                                            report.kept_in_float)  # fmt: skip
+                section[f"int8_{target}"]["calibration_spread"] = spread
+                console.print(f"{INT8_FILES[target]}: over {calib_seeds} calibration samples, held-out top-1 "
+                              f"{spread['mean_top1']:.4f} +- {spread['std_top1']:.4f} (FP32 "
+                              f"{spread['fp32_top1']:.4f})")  # fmt: skip
+            console.print(f"{INT8_FILES[target]}: {report.describe()}; kept in float: {report.kept_in_float or 'none'}")
             if not report.passed:
                 failed.append(INT8_FILES[target])
             if target == "tensorrt":
                 section["int8_tensorrt"]["engine"] = engine_or_reason(out, run_dir, contract, console.print)
         wanted = tuple(t for t in targets if recover == "qad" or (recover == "auto" and INT8_FILES[t] in failed))
         if wanted:
-            qad = run_qad(run_dir, model, contract, recipe, train_set, val_set, held_out, batches, fp32_top1, wanted,
-                          epochs=qad_epochs, lr=qad_lr, images=qad_images, tolerance_points=tolerance_points,
+            qad = run_qad(run_dir, model, contract, recipe, train_set, val_set, held_out, batches, fp32_held_out,
+                          wanted, epochs=qad_epochs, lr=qad_lr, images=qad_images, criteria=criteria,
                           resume=resume, console=console)  # fmt: skip
             section.update(qad)
             recovered = {INT8_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] == "PASS"}
@@ -188,9 +203,33 @@ def run_export(
     if failed and not allow_fail:
         raise ToolkitError(
             f"accuracy guard FAILED for {', '.join(failed)} (details in manifest.json 'exports'); "
-            "raise --tolerance, --max-float-layers or --calib-size, or pass --allow-fail to keep it anyway"
+            "relax the criterion it names (--tolerance, --min-agreement, --max-class-drop, --max-kl), raise "
+            "--max-float-layers or --calib-size, try --recover qad, or pass --allow-fail to keep it anyway"
         )
     return section
+
+
+def keep_float_names(path: Path) -> tuple[str, ...]:
+    """Node names to keep in float from a JSON file: a report.json ("guards") or manifest.json ("exports") of a
+    run (what its ONNX Runtime and TensorRT-form guards kept in float), {"keep_float": [...]}, or a list."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ToolkitError(f"--keep-float-from {path}: no such file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ToolkitError(f"--keep-float-from {path}: not a readable JSON file ({exc})") from exc
+    if isinstance(data, dict) and ("guards" in data or "exports" in data):
+        records = data.get("guards") or {k: v.get("guard", {}) for k, v in data.get("exports", {}).items()
+                                         if isinstance(v, dict)}  # fmt: skip
+        data = [
+            n for key in ("int8_onnxruntime", "int8_tensorrt") for n in records.get(key, {}).get("kept_in_float", [])
+        ]
+    elif isinstance(data, dict):
+        data = data.get("keep_float")
+    if not isinstance(data, list) or not all(isinstance(n, str) and n for n in data):
+        raise ToolkitError(f"--keep-float-from {path}: expected a run's report.json or manifest.json, "
+                           '{"keep_float": ["node", ...]} or a list of node names')  # fmt: skip
+    return tuple(dict.fromkeys(data))
 
 
 def _stamp_verdict(path: Path, verdict: str) -> None:

@@ -24,6 +24,7 @@ from runtime.artifacts import KNOWN, backend_unavailable_reason, file_entry
 from runtime.classifier import open_classifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
+from runtime.fidelity import GuardCriteria
 from runtime.preprocess import PreprocessContract
 
 
@@ -84,7 +85,8 @@ def _exporter(name: str) -> ModuleType:
 
 def export_format(
     name: str, model: nn.Module, contract: PreprocessContract, run_dir: Path, parity_images: Dataset,
-    held_out: Dataset, fp32_top1: float, batches: list[np.ndarray] | None, tolerance_points: float, console: Console,
+    held_out: Dataset, fp32_logits: np.ndarray, batches: list[np.ndarray] | None, criteria: GuardCriteria,
+    console: Console,
 ) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
     """FP32 (parity-checked) and, with calibration ``batches``, INT8 (guarded) files of one format; their
     manifest entries and the INT8 file when its guard failed."""
@@ -113,14 +115,13 @@ def export_format(
     int8_path = run_dir / fmt.int8_file
     info = export(model, contract, int8_path, calibration=batches)
     predictions = open_classifier(int8_path).predict(held_out)
-    report = GuardReport(tolerance_points, fp32_top1, float((predictions.argmax(1) == held_out.labels).mean()))
+    report = GuardReport(criteria, fp32_logits, held_out.labels)
+    report.record(predictions, method=fmt.int8_description)
     verdict = report.to_dict()
     verdict["fallback"] = "none: every quantizable layer is INT8 (no float fallback for this format yet)"
     section[fmt.int8_key] = {**file_entry(int8_path), "format": fmt.int8_description, "guard": verdict, **info,
                              "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    console.print(f"{fmt.int8_file}: {verdict['verdict']} top-1 {report.int8_top1:.4f} vs FP32 {fp32_top1:.4f} "
-                  f"(drop {report.drop_points:.2f} points, tolerance {tolerance_points}) on {len(held_out)} "
-                  "held-out images" + _outside(info))  # fmt: skip
+    console.print(f"{fmt.int8_file}: {report.describe()}" + _outside(info))
     return section, ([] if report.passed else [fmt.int8_file])
 
 

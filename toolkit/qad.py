@@ -29,7 +29,7 @@ from distill.loss_terms import LossTerm, const
 from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
 from export.calibration import stratified_sample
-from export.guard import GuardReport
+from export.guard import GuardReport, sensitivity_entry, sensitivity_table
 from export.qad import QAD_FORMS, check_qad_targets, export_qat_onnx, prepare_qat
 from export.qdq_form import form_differences, qdq_form
 from export.tensorrt_engine import engine_or_reason
@@ -37,6 +37,7 @@ from runtime.artifacts import file_entry
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.fidelity import DEFAULT_CRITERIA, GuardCriteria
 from runtime.preprocess import PreprocessContract
 from toolkit.recipe import Recipe
 
@@ -71,9 +72,10 @@ def check_recover(recover: str, int8: bool, targets: tuple[str, ...], epochs: in
 
 def run_qad(
     run_dir: Path, model: nn.Module, contract: PreprocessContract, recipe: Recipe, train_set: Dataset,
-    val_set: Dataset, held_out: Dataset, batches: list[np.ndarray], fp32_top1: float, targets: tuple[str, ...], *,
+    val_set: Dataset, held_out: Dataset, batches: list[np.ndarray], fp32_logits: np.ndarray,
+    targets: tuple[str, ...], *,
     epochs: int = 1, lr: float | None = None, images: int | None = None, temperature: float = 4.0,
-    alpha: float = 0.9, tolerance_points: float = 0.5, resume: bool = False, console: Console,
+    alpha: float = 0.9, criteria: GuardCriteria = DEFAULT_CRITERIA, resume: bool = False, console: Console,
 ) -> dict[str, Any]:  # fmt: skip
     """Fine-tune a fake-quantized copy of ``model`` per INT8 form the ``targets`` need and export it for each;
     returns the manifest entries. ``resume`` continues an interrupted fine-tuning from its checkpoints (the
@@ -128,8 +130,8 @@ def run_qad(
             # The fine-tuned model's own predictions, once per form: each artifact's agreement is measured on them.
             trained = predict_logits(qat.eval(), held_out, contract, cfg.eval_batch_size).argmax(1)
             for target in wanted:
-                section[QAD_KEYS[target]] = _export(qat, target, info, run_dir, contract, held_out, trained, fp32_top1,
-                                                    tolerance_points, console)  # fmt: skip
+                section[QAD_KEYS[target]] = _export(qat, target, info, run_dir, contract, held_out, trained,
+                                                    fp32_logits, criteria, batches, console)  # fmt: skip
     finally:
         shutdown_distributed()
     return section
@@ -137,7 +139,8 @@ def run_qad(
 
 def _export(
     qat: nn.Module, target: str, info: dict[str, Any], run_dir: Path, contract: PreprocessContract,
-    held_out: Dataset, trained: np.ndarray, fp32_top1: float, tolerance_points: float, console: Console,
+    held_out: Dataset, trained: np.ndarray, fp32_logits: np.ndarray, criteria: GuardCriteria,
+    batches: list[np.ndarray], console: Console,
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``target``'s QAD artifact, guard it, check its form against PTQ's file; its manifest entry."""
     path = run_dir / QAD_FILES[target]
@@ -152,19 +155,19 @@ def _export(
         export_qat_onnx(qat, contract, path, int32_bias=target == "onnxruntime", target=target)
         classifier = OnnxClassifier(path)
     logits = classifier.predict(held_out)
-    report = GuardReport(tolerance_points, fp32_top1, float((logits.argmax(1) == held_out.labels).mean()))
+    report = GuardReport(criteria, fp32_logits, held_out.labels)
+    report.record(logits, method="quantization-aware distillation, every layer INT8")
     agreement = float((logits.argmax(1) == trained).mean())
     entry = {**file_entry(path), "format": f"{QAD_FORMATS[target]}, quantization-aware distillation (NNCF)",
              "guard": report.to_dict(), "agreement_with_trained_model": agreement, "qad": info}  # fmt: skip
     if target in PTQ_FILES:
+        entry["sensitivity"] = sensitivity_entry(sensitivity_table(path, batches), batches)
         entry["form"] = form = qdq_form(onnx.load(str(path)))
         entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / PTQ_FILES[target])
     if target == "tensorrt":  # its own engine (model.qad.<gpu>.engine), beside PTQ's
         entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem=ENGINE_STEM)
-    verdict = "PASS" if report.passed else "FAIL"
-    console.print(f"{QAD_FILES[target]}: {verdict} top-1 {report.int8_top1:.4f} vs FP32 {fp32_top1:.4f} (drop "
-                  f"{report.drop_points:.2f} points, tolerance {tolerance_points}), all layers INT8; agrees with the "
-                  f"fine-tuned model on {100 * agreement:.1f}% of {len(held_out)} images")  # fmt: skip
+    console.print(f"{QAD_FILES[target]}: {report.describe()}; all layers INT8; agrees with the fine-tuned model "
+                  f"on {100 * agreement:.1f}% of the images")  # fmt: skip
     return entry
 
 

@@ -21,6 +21,7 @@ from distill.methods.plan import plan_distillation
 from distill.students import student_input_stats
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
+from runtime.fidelity import GuardCriteria
 from runtime.preprocess import PreprocessContract
 from runtime.sources import DataSource, align_classes
 from toolkit import defaults
@@ -79,9 +80,20 @@ class ExportStepConfig(StrictModel):
     )
     calib_size: PositiveInt = defaults.CALIB_SIZE
     calib_method: Literal["minmax", "entropy", "percentile"] = defaults.CALIB_METHOD  # type: ignore[assignment]
+    calib_seeds: PositiveInt = Field(
+        defaults.CALIB_SEEDS,
+        description="calibration samples INT8 top-1 is reported over (toolkit export --calib-seeds)",
+    )
     tolerance: float = Field(
         defaults.TOLERANCE_POINTS, ge=0.0, description="largest accepted INT8 top-1 drop, in points"
     )
+    min_agreement: float = Field(
+        defaults.MIN_AGREEMENT_PCT, ge=0.0, le=100.0, description="smallest accepted INT8 top-1 agreement with FP32, %"
+    )
+    max_class_drop: float = Field(
+        defaults.MAX_CLASS_DROP_POINTS, ge=0.0, description="largest accepted INT8 accuracy drop of any class, points"
+    )
+    max_kl: float = Field(defaults.MAX_KL, ge=0.0, description="largest accepted mean KL(FP32 || INT8), nats")
     held_out_images: PositiveInt = defaults.HELD_OUT_IMAGES
     max_float_layers: int = Field(
         defaults.MAX_FLOAT_LAYERS, ge=0, description="activations the guard may keep in float"
@@ -96,6 +108,10 @@ class ExportStepConfig(StrictModel):
     qad_epochs: PositiveInt = defaults.QAD_EPOCHS
     qad_lr: PositiveFloat | None = Field(None, description="default: train.optimizer.lr / 1000")
     qad_images: PositiveInt | None = Field(None, description="class-stratified training images; default: all")
+
+    def criteria(self) -> GuardCriteria:
+        """The accuracy guard's criteria (runtime/fidelity.py)."""
+        return GuardCriteria(self.tolerance, self.min_agreement, self.max_class_drop, self.max_kl)
 
 
 class PruneStepConfig(StrictModel):
@@ -283,12 +299,12 @@ def load_recipe(path: str | os.PathLike[str], overrides: list[str] | None = None
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
         raise ToolkitError(format_validation_error(exc, source)) from None
-    if recipe.distill is not None:
-        try:
+    try:
+        if recipe.distill is not None:
             plan_distillation(recipe.distill)
-        except ToolkitError as exc:
-            raise ToolkitError(f"{source}: {exc}") from None
-    return recipe.resolved()
+        return recipe.resolved()  # looks the student up: an unknown name is an error naming the file too
+    except ToolkitError as exc:
+        raise ToolkitError(f"{source}: {exc}") from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
