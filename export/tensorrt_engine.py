@@ -55,6 +55,16 @@ def typing_mode(version: str) -> str:
     return "weak" if major == 10 else "strong"
 
 
+def builder_flags(mode: str, precision: str) -> tuple[str, ...]:
+    """The BuilderFlag names to set: none when strongly typed (TensorRT 11 removed them; the ONNX file's types
+    decide); weakly typed (10), FP16, plus INT8 for a Q/DQ model (its float layers may then run in FP16)."""
+    if precision not in ("int8", "fp16"):
+        raise ToolkitError(f"TensorRT engine precision {precision!r} is not int8 or fp16")
+    if mode == "strong":
+        return ()
+    return ("INT8", "FP16") if precision == "int8" else ("FP16",)
+
+
 def profile_shapes(contract: PreprocessContract, opt_batch: int, max_batch: int) -> tuple[tuple, tuple, tuple]:
     if not 1 <= opt_batch <= max_batch:
         raise ToolkitError(f"engine batch sizes: need 1 <= opt ({opt_batch}) <= max ({max_batch})")
@@ -75,7 +85,7 @@ def engine_sidecar(contract: PreprocessContract, input_name: str, output_name: s
 
 
 def build_engine(
-    qdq_onnx: Path,
+    onnx_path: Path,
     out_dir: Path,
     contract: PreprocessContract,
     timing_cache: Path,
@@ -83,9 +93,11 @@ def build_engine(
     max_batch: int = 64,
     workspace_bytes: int = 1 << 30,
     stem: str = "model",
+    precision: str = "int8",
 ) -> dict[str, Any]:
-    """Parse the QDQ model, build an INT8 engine (TensorRT 10: + FP16 fallback for float layers; 11: strongly
-    typed), save it, its sidecar (contract, TensorRT version, GPU) and the timing cache."""
+    """Parse the model, build its engine, save it, its sidecar (contract, TensorRT version, GPU) and the timing
+    cache. ``int8``: a Q/DQ model (TensorRT 10: INT8 + FP16 flags, FP16 fallback for float layers); ``fp16``: a
+    mixed-precision FP16 model (TensorRT 10: the FP16 flag). TensorRT 11 is strongly typed: the file's types."""
     reason = unavailable_reason()
     if reason:
         raise ToolkitError(f"cannot build a TensorRT engine here: {reason}")
@@ -93,19 +105,19 @@ def build_engine(
     import torch
 
     mode = typing_mode(trt.__version__)
+    builder_flags(mode, precision)  # a bad precision fails before any work
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # 11.x: every network is strongly typed (the creation flag is accepted and ignored, or absent).
     flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     network = builder.create_network(1 << int(flag) if mode == "strong" and flag is not None else 0)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(qdq_onnx.read_bytes()):
+    if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ToolkitError(f"{qdq_onnx}: TensorRT's ONNX parser rejected it: {errors}")
+        raise ToolkitError(f"{onnx_path}: TensorRT's ONNX parser rejected it: {errors}")
     config = builder.create_builder_config()
-    if mode == "weak":  # TensorRT 11 removed these flags: a strongly typed network takes its types from the graph
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)
+    for name in builder_flags(mode, precision):
+        config.set_flag(getattr(trt.BuilderFlag, name))
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
@@ -114,13 +126,13 @@ def build_engine(
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ToolkitError(f"{qdq_onnx}: TensorRT failed to build an engine (see its log above)")
+        raise ToolkitError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
     gpu = torch.cuda.get_device_name()
     engine = out_dir / engine_filename(gpu, stem)
     write_bytes(engine, bytes(serialized))
     # Engines hold no metadata: the runtime reads the contract and class names from this sidecar.
     sidecar = engine_sidecar(contract, network.get_input(0).name, network.get_output(0).name, max_batch)
-    sidecar.update(tensorrt=trt.__version__, gpu=gpu, typing=mode)
+    sidecar.update(tensorrt=trt.__version__, gpu=gpu, typing=mode, precision=precision)
     write_json(engine.with_name(engine.name + ".json"), sidecar)
     write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
     return {
@@ -129,17 +141,20 @@ def build_engine(
         "cuda": torch.version.cuda,
         "gpu": gpu,
         "typing": mode,
+        "precision": precision,
         "batch": {"min": 1, "opt": opt_batch, "max": max_batch},
         "timing_cache": timing_cache.name,
     }
 
 
 def engine_or_reason(
-    qdq: Path, run_dir: Path, contract: PreprocessContract, say: Callable[[str], None], stem: str = "model"
-) -> dict[str, Any]:
-    """Build ``qdq``'s engine (<stem>.<gpu>.engine) where TensorRT and a GPU exist; otherwise record why not."""
+    source: Path, run_dir: Path, contract: PreprocessContract, say: Callable[[str], None], stem: str = "model",
+    precision: str = "int8",
+) -> dict[str, Any]:  # fmt: skip
+    """Build ``source``'s engine (<stem>.<gpu>.engine) where TensorRT and a GPU exist; otherwise record why not."""
     reason = unavailable_reason()
     if reason:
-        say(f"TensorRT engine not built: {reason}; {qdq.name} is the engine's input on the device")
+        say(f"TensorRT engine not built: {reason}; {source.name} is the engine's input on the device")
         return {"built": False, "reason": reason}
-    return {"built": True, **build_engine(qdq, run_dir, contract, run_dir / "tensorrt.timing-cache", stem=stem)}
+    cache = run_dir / "tensorrt.timing-cache"
+    return {"built": True, **build_engine(source, run_dir, contract, cache, stem=stem, precision=precision)}

@@ -34,6 +34,7 @@ class Artifact:
 # manifest key -> (label in tables, backend, precision); order is the fidelity ladder's.
 KNOWN = {
     "onnx": ("ONNX Runtime FP32", "onnxruntime", "fp32"),
+    "fp16": ("ONNX Runtime FP16 (FP32 I/O)", "onnxruntime", "fp16"),
     "int8_onnxruntime": ("ONNX Runtime INT8 U8S8", "onnxruntime", "int8"),
     "int8_tensorrt": ("TensorRT-form INT8 S8S8 (in ONNX Runtime)", "onnxruntime", "int8"),
     "openvino": ("OpenVINO FP32", "openvino", "fp32"),
@@ -48,6 +49,7 @@ KNOWN = {
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {
+    "fp16": "onnx",
     "int8_onnxruntime": "onnx",
     "int8_tensorrt": "onnx",
     "openvino": "onnx",
@@ -58,10 +60,11 @@ REFERENCE = {
     "executorch": "student",
     "int8_executorch": "executorch",
 }
-# TensorRT engines built from a Q/DQ file: the file's manifest key -> (the engine's key, label).
+# TensorRT engines built from an exported ONNX file: the file's manifest key -> (the engine's key, label, precision).
 ENGINES = {
-    "int8_tensorrt": ("trt_engine_int8", "TensorRT engine INT8"),
-    "int8_tensorrt_qad": ("trt_engine_int8_qad", "TensorRT engine INT8, QAD"),
+    "fp16": ("trt_engine_fp16", "TensorRT engine FP16", "fp16"),
+    "int8_tensorrt": ("trt_engine_int8", "TensorRT engine INT8", "int8"),
+    "int8_tensorrt_qad": ("trt_engine_int8_qad", "TensorRT engine INT8, QAD", "int8"),
 }
 
 
@@ -103,11 +106,11 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
         if entry and (run_dir / entry["file"]).exists():
             _check_hashes(run_dir / entry["file"], entry)
             found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
-    for source, (key, label) in ENGINES.items():
+    for source, (key, label, precision) in ENGINES.items():
         engine = exports.get(source, {}).get("engine", {})
         if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
             path = run_dir / engine["file"]
-            found.append(Artifact(key, label, "tensorrt", "int8", path, path.stat().st_size))
+            found.append(Artifact(key, label, "tensorrt", precision, path, path.stat().st_size))
     return found
 
 

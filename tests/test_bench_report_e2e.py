@@ -73,7 +73,8 @@ def test_eval_bench_report_of_every_artifact(exported: tuple[Path, Path]) -> Non
         and "## Cross-check" in md
         and md.count("| chosen |") == 4
     )
-    assert (run / "report.html").read_text().count("data:image/png") == 3
+    # accuracy vs latency, latency distribution, training curves, and each ONNX INT8 form's sensitivity
+    assert (run / "report.html").read_text().count("data:image/png") == 5
 
 
 @pytest.mark.slow

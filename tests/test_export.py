@@ -275,6 +275,12 @@ def test_tensorrt_version_dispatch_and_engine_sidecar_checks() -> None:
     from runtime.classifier import check_engine_sidecar
 
     assert (typing_mode("10.13.3.9"), typing_mode("11.0.0.1")) == ("weak", "strong")
+    from export.tensorrt_engine import builder_flags
+
+    assert builder_flags("weak", "int8") == ("INT8", "FP16") and builder_flags("weak", "fp16") == ("FP16",)
+    assert builder_flags("strong", "int8") == builder_flags("strong", "fp16") == ()
+    with pytest.raises(ToolkitError, match="precision 'fp8' is not int8 or fp16"):
+        builder_flags("weak", "fp8")
     with pytest.raises(ToolkitError, match="TensorRT 8.6.1: engines are built for TensorRT 10 and 11"):
         typing_mode("8.6.1")
     sidecar = {"tensorrt": "10.13.3.9", "gpu": "NVIDIA H100 80GB HBM3"}

@@ -334,6 +334,13 @@ def export_(
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of model.onnx and its INT8 forms (18-23).")] = defaults.OPSET,
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            help="Also write model.fp16.onnx (FP16 compute, FP32 inputs and outputs), parity-checked against "
+            "model.onnx, and its TensorRT FP16 engine where TensorRT and a GPU exist."
+        ),
+    ] = False,
     calib_seeds: Annotated[
         int,
         typer.Option(
@@ -356,6 +363,7 @@ def export_(
         targets = tuple(dict.fromkeys(p.backend for p in profiles if p.backend not in MOBILE_FORMATS))
         formats = tuple(dict.fromkeys(p.backend for p in profiles if p.backend in MOBILE_FORMATS))
         int8 = any("int8" in p.precisions for p in profiles)
+        fp16 = any("fp16" in p.precisions for p in profiles if p.backend in ("onnxruntime", "tensorrt"))
     with _locked(run):
         run_export(
             run,
@@ -383,6 +391,7 @@ def export_(
             ),
             opset=opset,
             calib_seeds=calib_seeds,
+            fp16=fp16,
             console=console,
         )
 

@@ -11,6 +11,7 @@ import onnx
 from rich.console import Console
 
 from export.calibration import calibration_batches
+from export.fp16_export import CONVERTER, to_fp16
 from export.guard import calibration_spread, guarded_quantize, sensitivity_entry
 from export.onnx_export import OPSET, check_opset, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
@@ -22,6 +23,7 @@ from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.fidelity import DEFAULT_CRITERIA, GuardCriteria
+from runtime.preprocess import PreprocessContract
 from toolkit.evaluation import load_run_student
 from toolkit.mobile_export import check_formats, export_format
 from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
@@ -36,6 +38,8 @@ INT8_FILES = {
     "openvino": "model.int8.openvino/model.xml",
 }
 OPENVINO_FP32 = "model.openvino/model.xml"
+FP16_FILE = "model.fp16.onnx"
+FP16_TOLERANCE = 2e-2  # FP16 keeps ~3 significant digits: |logit diff| <= 2e-2 x max(1, |logit|), as for Core ML FP16
 
 
 def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
@@ -69,12 +73,14 @@ def run_export(
     keep_float: tuple[str, ...] = (),
     opset: int = OPSET,
     calib_seeds: int = 1,
+    fp16: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
     fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
     ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too.
     ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds.
+    ``fp16``: also model.fp16.onnx (FP16 compute, FP32 inputs and outputs), parity-checked against model.onnx.
     ``calib_seeds``: above 1, the ONNX INT8 forms are also quantized from that many calibration samples (the first is
     the shipped one's) to show how much their accuracy depends on the sample."""
     console = console or Console(stderr=True, soft_wrap=True, markup=False)
@@ -102,7 +108,7 @@ def run_export(
     onnx_path = run_dir / "model.onnx"
     params = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     fp32_copies = 2 if "openvino" in targets else 1  # model.onnx, and the OpenVINO IR
-    needed = params * fp32_copies + (params // 4 + 1_000_000) * len(targets) * int(int8)
+    needed = params * fp32_copies + (params // 4 + 1_000_000) * len(targets) * int(int8) + params // 2 * int(fp16)
     needed += (params * 4 + (params // 4 + 1_000_000) * len(targets)) * int(recover != "none")  # QAD checkpoints
     check_space(run_dir, needed, "export (" + ("FP32 and INT8 for " + ", ".join(targets) if int8 else "FP32") + ")")
     t0 = time.perf_counter()
@@ -116,6 +122,8 @@ def run_export(
     console.print(f"model.onnx (opset {opset}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
     section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": opset, "parity": parity.to_dict()}}
 
+    if fp16:
+        section["fp16"] = _export_fp16(onnx_path, run_dir, contract, fp32, parity_set, console)
     fp32_held_out = fp32.predict(held_out)  # reused by every target's guard
     ov_fp32 = None
     if "openvino" in targets:
@@ -207,6 +215,30 @@ def run_export(
             "--max-float-layers or --calib-size, try --recover qad, or pass --allow-fail to keep it anyway"
         )
     return section
+
+
+def _export_fp16(
+    onnx_path: Path,
+    run_dir: Path,
+    contract: PreprocessContract,
+    fp32: OnnxClassifier,
+    parity_set: Dataset,
+    console: Console,
+) -> dict[str, Any]:
+    """model.fp16.onnx from model.onnx, its parity against model.onnx (removed on failure), its TensorRT engine
+    where TensorRT and a GPU exist; the manifest entry."""
+    t0 = time.perf_counter()
+    path = to_fp16(onnx_path, run_dir / FP16_FILE)
+    parity = compare_logits(fp32.predict(parity_set), OnnxClassifier(path).predict(parity_set), FP16_TOLERANCE, 0.99)
+    if not parity.passed:
+        path.unlink()
+        raise ToolkitError(f"{FP16_FILE}: parity check against model.onnx failed, file removed: {parity.describe()}; "
+                           "a value beyond FP16's range (65504) or precision; keep the model FP32")  # fmt: skip
+    console.print(f"{FP16_FILE} in {time.perf_counter() - t0:.1f}s; parity vs model.onnx: {parity.describe()}")
+    entry = {**file_entry(path), "format": f"ONNX FP16 compute, FP32 inputs and outputs ({CONVERTER})",
+             "parity_vs_onnx": parity.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem="model.fp16", precision="fp16")
+    return entry
 
 
 def keep_float_names(path: Path) -> tuple[str, ...]:

@@ -74,6 +74,7 @@ class ExportStepConfig(StrictModel):
     """What `toolkit run` exports (the `toolkit export` options)."""
 
     int8: bool = True
+    fp16: bool = Field(False, description="also model.fp16.onnx (toolkit export --fp16)")
     backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
     formats: list[Literal["executorch", "ncnn", "coreml"]] = Field(
         [], description="phone/board formats (toolkit export --format)"
