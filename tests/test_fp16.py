@@ -54,9 +54,11 @@ def test_export_fp16_then_eval_bench_report(tmp_path: Path) -> None:
         ).exit_code
         == 0
     )
-    res = runner.invoke(app, ["export", str(run), "--fp16"])
+    res = runner.invoke(app, ["export", str(run), "--fp16", "--slim"])
     assert res.exit_code == 0, res.output
-    entry = json.loads((run / "manifest.json").read_text())["exports"]["fp16"]
+    exports = json.loads((run / "manifest.json").read_text())["exports"]
+    assert exports["onnx"]["slim"]["nodes_after"] == exports["onnx"]["slim"]["nodes_before"]  # a clean CNN
+    entry = exports["fp16"]
     assert entry["file"] == "model.fp16.onnx" and entry["parity_vs_onnx"]["passed"]
     from export.tensorrt_engine import unavailable_reason
 

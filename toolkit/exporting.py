@@ -16,6 +16,7 @@ from export.guard import calibration_spread, guarded_quantize, sensitivity_entry
 from export.onnx_export import OPSET, check_opset, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
 from export.quantize import get_target
+from export.slim import slim_onnx
 from export.tensorrt_engine import engine_or_reason
 from runtime.artifacts import file_entry
 from runtime.atomic import atomic_path, check_space
@@ -74,12 +75,14 @@ def run_export(
     opset: int = OPSET,
     calib_seeds: int = 1,
     fp16: bool = False,
+    slim: bool = False,
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
     fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
     ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too.
     ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds.
+    ``slim``: clean model.onnx up with onnxslim before the parity check and everything made from it.
     ``fp16``: also model.fp16.onnx (FP16 compute, FP32 inputs and outputs), parity-checked against model.onnx.
     ``calib_seeds``: above 1, the ONNX INT8 forms are also quantized from that many calibration samples (the first is
     the shipped one's) to show how much their accuracy depends on the sample."""
@@ -113,6 +116,7 @@ def run_export(
     check_space(run_dir, needed, "export (" + ("FP32 and INT8 for " + ", ".join(targets) if int8 else "FP32") + ")")
     t0 = time.perf_counter()
     export_onnx(model, contract, onnx_path, opset)
+    slimmed = slim_onnx(onnx_path) if slim else None
     fp32 = OnnxClassifier(onnx_path)
     parity_set = val_set.subset(range(min(parity_images, len(val_set))))
     parity = check_parity(model, fp32, parity_set)
@@ -121,6 +125,9 @@ def run_export(
         raise ToolkitError(f"ONNX parity check failed, model.onnx removed: {parity.describe()}")
     console.print(f"model.onnx (opset {opset}) in {time.perf_counter() - t0:.1f}s; parity: {parity.describe()}")
     section: dict[str, Any] = {"onnx": {**file_entry(onnx_path), "opset": opset, "parity": parity.to_dict()}}
+    if slimmed:
+        section["onnx"]["slim"] = slimmed
+        console.print(f"onnxslim: {slimmed['nodes_before']} -> {slimmed['nodes_after']} nodes")
 
     if fp16:
         section["fp16"] = _export_fp16(onnx_path, run_dir, contract, fp32, parity_set, console)

@@ -227,7 +227,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
                    calib_method=e.calib_method, criteria=e.criteria(), held_out_images=e.held_out_images,
                    max_float_layers=e.max_float_layers, keep_float=tuple(e.keep_float), opset=e.opset,
                    recover=e.recover, qad_epochs=e.qad_epochs, qad_lr=e.qad_lr, qad_images=e.qad_images,
-                   formats=tuple(e.formats), calib_seeds=e.calib_seeds, fp16=e.fp16,
+                   formats=tuple(e.formats), calib_seeds=e.calib_seeds, fp16=e.fp16, slim=e.slim,
                    console=console)  # fmt: skip
         return _artifact_files(run_dir)
 

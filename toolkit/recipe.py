@@ -75,6 +75,7 @@ class ExportStepConfig(StrictModel):
 
     int8: bool = True
     fp16: bool = Field(False, description="also model.fp16.onnx (toolkit export --fp16)")
+    slim: bool = Field(False, description="clean model.onnx up with onnxslim (toolkit export --slim)")
     backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
     formats: list[Literal["executorch", "ncnn", "coreml"]] = Field(
         [], description="phone/board formats (toolkit export --format)"
