@@ -163,12 +163,13 @@ def guarded_quantize(
     criteria: GuardCriteria = DEFAULT_CRITERIA,
     max_float_layers: int = 16,
     keep_float: tuple[str, ...] = (),
+    producer: str = "onnxruntime",
 ) -> GuardReport:
     """Quantize, keeping the user's ``keep_float`` nodes in float; while the INT8 model misses a criterion against
     ``fp32_logits`` on ``held_out``, also keep 1, 2, 4, ... worst layers in float."""
     check_keep_float(onnx.load(str(fp32_path)).graph, keep_float)
     report = GuardReport(criteria, fp32_logits, held_out.labels)
-    quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=list(keep_float))
+    quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=list(keep_float), producer=producer)
     report.kept_in_float = list(keep_float)
     report.record(OnnxClassifier(out_path).predict(held_out), kept_in_float=list(keep_float))
     report.sensitivity = sensitivity_table(out_path, batches)
@@ -181,7 +182,7 @@ def guarded_quantize(
         excluded: list[str] = list(keep_float)
         for tensor, _ in ranking[:k]:
             excluded += [n for n in consumers(fully_quantized, tensor) if n not in excluded]
-        quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=excluded)
+        quantize(fp32_path, out_path, target, batches, method, nodes_to_exclude=excluded, producer=producer)
         report.kept_in_float = excluded
         report.record(OnnxClassifier(out_path).predict(held_out), kept_in_float=excluded,
                       worst_sqnr_db=[round(s, 2) for _, s in ranking[:k]])  # fmt: skip
@@ -197,6 +198,7 @@ def calibration_spread(
     fp32_logits: np.ndarray,
     method: str = "minmax",
     keep_float: list[str] | None = None,
+    producer: str = "onnxruntime",
 ) -> dict:
     """How much INT8 accuracy depends on which images calibrate: the model quantized once per calibration sample
     (same layers in float as the shipped one), each measured on the held-out images; mean +- std of top-1."""
@@ -204,7 +206,7 @@ def calibration_spread(
     with tempfile.TemporaryDirectory() as tmp:
         for i, batches in enumerate(samples):
             path = quantize(fp32_path, Path(tmp) / f"{i}.onnx", target, batches, method,
-                            nodes_to_exclude=list(keep_float or []))  # fmt: skip
+                            nodes_to_exclude=list(keep_float or []), producer=producer)  # fmt: skip
             rows.append(Fidelity.measure(fp32_logits, OnnxClassifier(path).predict(held_out), held_out.labels))
     top1 = np.array([f.int8_top1 for f in rows])
     return {"samples": len(rows), "int8_top1": top1.tolist(), "agreement": [f.agreement for f in rows],

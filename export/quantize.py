@@ -55,6 +55,17 @@ TARGETS = {
 }
 
 
+PRODUCERS = ("onnxruntime", "modelopt")  # who writes the TensorRT-form Q/DQ model (--tensorrt-quantizer)
+
+
+def check_producer(producer: str, target: str = "tensorrt") -> None:
+    if producer not in PRODUCERS:
+        raise ToolkitError(f"--tensorrt-quantizer {producer!r} is not one of {', '.join(PRODUCERS)}."
+                           + did_you_mean(producer, PRODUCERS))  # fmt: skip
+    if producer == "modelopt" and target != "tensorrt":
+        raise ToolkitError(f"ModelOpt writes the TensorRT form only, not the {target} one")
+
+
 def get_target(name: str) -> Int8Target:
     if name not in TARGETS:
         raise ToolkitError(f"INT8 target {name!r} is not one of {sorted(TARGETS)}." + did_you_mean(name, TARGETS))
@@ -68,11 +79,19 @@ def quantize(
     batches: list,
     method: str = "minmax",
     nodes_to_exclude: list[str] | None = None,
+    producer: str = "onnxruntime",
 ) -> Path:
-    """Quantize ``fp32_path`` into ``out_path`` (atomically), keeping the FP32 model's metadata."""
+    """Quantize ``fp32_path`` into ``out_path`` (atomically), keeping the FP32 model's metadata. ``producer``:
+    whose quantizer writes it, ONNX Runtime's or (TensorRT form only) NVIDIA ModelOpt's."""
     spec = get_target(target)
     if method not in CALIBRATION_METHODS:
         raise ToolkitError(f"calibration method {method!r} is not one of {sorted(CALIBRATION_METHODS)}")
+    check_producer(producer, target)
+    if producer == "modelopt":
+        from export.modelopt_quantize import modelopt_quantize
+
+        metadata = {META_INT8_TARGET: target, "toolkit.calibration": method}
+        return modelopt_quantize(fp32_path, out_path, batches, method, nodes_to_exclude, metadata)
     fp32 = onnx.load(str(fp32_path))
     metadata = {p.key: p.value for p in fp32.metadata_props}
     input_name = fp32.graph.input[0].name

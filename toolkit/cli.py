@@ -334,6 +334,14 @@ def export_(
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset of model.onnx and its INT8 forms (18-23).")] = defaults.OPSET,
+    tensorrt_quantizer: Annotated[
+        str,
+        typer.Option(
+            help="Who writes model.int8.tensorrt.onnx: onnxruntime (ONNX Runtime's quantizer, default) or modelopt "
+            "(NVIDIA ModelOpt's ONNX PTQ: float weights behind Q/DQ, FP16 for layers left out of INT8; extra "
+            "'modelopt')."
+        ),
+    ] = "onnxruntime",
     slim: Annotated[
         bool,
         typer.Option(
@@ -400,6 +408,7 @@ def export_(
             calib_seeds=calib_seeds,
             fp16=fp16,
             slim=slim,
+            tensorrt_quantizer=tensorrt_quantizer,
             console=console,
         )
 

@@ -15,7 +15,7 @@ from export.fp16_export import CONVERTER, to_fp16
 from export.guard import calibration_spread, guarded_quantize, sensitivity_entry
 from export.onnx_export import OPSET, check_opset, export_onnx, set_metadata
 from export.parity import check_parity, compare_logits
-from export.quantize import get_target
+from export.quantize import check_producer, get_target
 from export.slim import slim_onnx
 from export.tensorrt_engine import engine_or_reason
 from runtime.artifacts import file_entry
@@ -40,6 +40,8 @@ INT8_FILES = {
 }
 OPENVINO_FP32 = "model.openvino/model.xml"
 FP16_FILE = "model.fp16.onnx"
+PRODUCER_NOTES = {"onnxruntime": "", "modelopt": "; written by NVIDIA ModelOpt: float weights behind Q/DQ, FP16 high "
+                  "precision for the layers left out of INT8"}  # fmt: skip
 FP16_TOLERANCE = 2e-2  # FP16 keeps ~3 significant digits: |logit diff| <= 2e-2 x max(1, |logit|), as for Core ML FP16
 
 
@@ -76,12 +78,14 @@ def run_export(
     calib_seeds: int = 1,
     fp16: bool = False,
     slim: bool = False,
+    tensorrt_quantizer: str = "onnxruntime",
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Export the run's student; with ``int8``, quantize per target behind the accuracy guard. ``recover``: qad
     fine-tunes a fake-quantized copy by distillation and exports it too (auto: only for targets whose PTQ failed).
     ``formats``: phone and board formats (toolkit/mobile_export.py), FP32 and with ``int8`` INT8 too.
     ``keep_float``: nodes of model.onnx the ONNX Q/DQ forms keep in float whatever the guard finds.
+    ``tensorrt_quantizer``: who writes the TensorRT-form Q/DQ model, ONNX Runtime's quantizer or NVIDIA ModelOpt.
     ``slim``: clean model.onnx up with onnxslim before the parity check and everything made from it.
     ``fp16``: also model.fp16.onnx (FP16 compute, FP32 inputs and outputs), parity-checked against model.onnx.
     ``calib_seeds``: above 1, the ONNX INT8 forms are also quantized from that many calibration samples (the first is
@@ -101,6 +105,15 @@ def run_export(
     if calib_seeds > 1 and not (int8 and {"onnxruntime", "tensorrt"} & set(targets)):
         raise ToolkitError("--calib-seeds re-quantizes the ONNX INT8 forms: add --int8 and --backend onnxruntime "
                            "or tensorrt")  # fmt: skip
+    check_producer(tensorrt_quantizer)
+    if tensorrt_quantizer == "modelopt":
+        if not (int8 and "tensorrt" in targets):
+            raise ToolkitError("--tensorrt-quantizer modelopt writes the TensorRT INT8 form: add --int8 and "
+                               "--backend tensorrt")  # fmt: skip
+        from export.modelopt_quantize import unavailable_reason
+
+        if reason := unavailable_reason():
+            raise ToolkitError(f"--tensorrt-quantizer modelopt: {reason}")
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
@@ -143,6 +156,9 @@ def run_export(
         section["openvino"] = {**file_entry(run_dir / OPENVINO_FP32), "parity_vs_onnx": ov_agreement.to_dict()}
         console.print(f"{OPENVINO_FP32}: parity vs ONNX Runtime: {ov_agreement.describe()}")
 
+    def producer(target: str) -> str:
+        return tensorrt_quantizer if target == "tensorrt" else "onnxruntime"
+
     failed: list[str] = []
     batches = calibration_batches(train_set, contract, calib_size, recipe.seed) if int8 else None
     for name in formats:
@@ -175,6 +191,7 @@ def run_export(
                     criteria,
                     max_float_layers,
                     keep_float,
+                    producer(target),
                 )
             verdict = report.to_dict()
             if target != "openvino":
@@ -183,7 +200,7 @@ def run_export(
                 **file_entry(out),
                 "format": "OpenVINO IR, NNCF post-training INT8"
                 if target == "openvino"
-                else get_target(target).description,
+                else get_target(target).description + PRODUCER_NOTES[producer(target)],
                 "guard": verdict,
                 "seconds": round(time.perf_counter() - t0, 1),
             }
@@ -193,7 +210,7 @@ def run_export(
                 samples = [batches] + [calibration_batches(train_set, contract, calib_size, recipe.seed + i)
                                        for i in range(1, calib_seeds)]  # fmt: skip
                 spread = calibration_spread(onnx_path, target, samples, held_out, fp32_held_out, calib_method,
-                                            report.kept_in_float)  # fmt: skip
+                                            report.kept_in_float, producer(target))  # fmt: skip
                 section[f"int8_{target}"]["calibration_spread"] = spread
                 console.print(f"{INT8_FILES[target]}: over {calib_seeds} calibration samples, held-out top-1 "
                               f"{spread['mean_top1']:.4f} +- {spread['std_top1']:.4f} (FP32 "

@@ -228,6 +228,7 @@ def run_pipeline(recipe: Recipe, run_dir: Path, console: Console, force: bool = 
                    max_float_layers=e.max_float_layers, keep_float=tuple(e.keep_float), opset=e.opset,
                    recover=e.recover, qad_epochs=e.qad_epochs, qad_lr=e.qad_lr, qad_images=e.qad_images,
                    formats=tuple(e.formats), calib_seeds=e.calib_seeds, fp16=e.fp16, slim=e.slim,
+                   tensorrt_quantizer=e.tensorrt_quantizer,
                    console=console)  # fmt: skip
         return _artifact_files(run_dir)
 

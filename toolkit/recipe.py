@@ -76,6 +76,9 @@ class ExportStepConfig(StrictModel):
     int8: bool = True
     fp16: bool = Field(False, description="also model.fp16.onnx (toolkit export --fp16)")
     slim: bool = Field(False, description="clean model.onnx up with onnxslim (toolkit export --slim)")
+    tensorrt_quantizer: Literal["onnxruntime", "modelopt"] = Field(
+        "onnxruntime", description="who writes the TensorRT INT8 form (toolkit export --tensorrt-quantizer)"
+    )
     backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
     formats: list[Literal["executorch", "ncnn", "coreml"]] = Field(
         [], description="phone/board formats (toolkit export --format)"
