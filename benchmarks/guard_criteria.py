@@ -1,5 +1,6 @@
 """What the INT8 accuracy guard's criteria measure on real models: top-1 drop, agreement with FP32, the worst
-class's drop (and whether McNemar's test calls it significant) and mean KL, for INT8 forms users would ship and
+class's drop (and whether McNemar's test calls it significant) and mean KL, for INT8 forms users would ship
+(ONNX Runtime's U8S8, TensorRT's S8S8 form written by ONNX Runtime and by NVIDIA ModelOpt, OpenVINO NNCF) and
 for ones they would reject (calibrated on 4 images, or on noise instead of the training split).
 
 Students trained by `toolkit train` on a class-balanced Fashion-MNIST subset; every INT8 form has every layer in
@@ -52,6 +53,8 @@ def int8_forms(run: Path, batches: list[np.ndarray], calib_size: int) -> dict[st
         f"ONNX Runtime U8S8 ({calib_size} train images)": quantize(onnx_path, run / "u8s8.onnx", "onnxruntime",
                                                                      batches),
         f"TensorRT S8S8 ({calib_size} train images)": quantize(onnx_path, run / "s8s8.onnx", "tensorrt", batches),
+        f"TensorRT S8S8 by ModelOpt ({calib_size} train images)": quantize(onnx_path, run / "s8s8.mo.onnx",
+                                                                          "tensorrt", batches, producer="modelopt"),
         "ONNX Runtime U8S8 (4 train images)": quantize(onnx_path, run / "u8s8.few.onnx", "onnxruntime",
                                                          [batches[0][:4]]),
         "ONNX Runtime U8S8 (noise, not images)": quantize(onnx_path, run / "u8s8.noise.onnx", "onnxruntime", noise),

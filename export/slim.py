@@ -2,8 +2,8 @@
 
 Measured (benchmarks/onnxslim_effect.py -> benchmarks/results/onnxslim.md): torch's exporter already writes the
 registered CNN students clean (onnxslim changes no node of ResNet-18, MobileNetV2, EfficientNet-Lite0); it
-removes nodes from transformer and ConvNeXt-style timm students with identical outputs, but ONNX Runtime's own
-graph optimizer did that work already, so latency does not improve (ViT-Tiny got slower). Hence a flag, not a
+removes nodes from transformer- and ConvNeXt-style timm students with identical outputs, but ONNX Runtime's own
+graph optimizer does the same fusions at load, and their latency changed within the noise. Hence a flag, not a
 default; the parity check runs on the slimmed file.
 """
 

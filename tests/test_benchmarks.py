@@ -139,7 +139,18 @@ def test_guard_criteria_measures_every_form_on_both_splits(monkeypatch, tmp_path
     monkeypatch.setattr("sys.argv", argv)
     module.main()
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| resnet18 |")]
-    assert len(rows) == 10 and {r[3].strip() for r in rows} == {"held-out", "test"}  # 5 INT8 forms x 2 splits
+    assert len(rows) == 12 and {r[3].strip() for r in rows} == {"held-out", "test"}  # 6 INT8 forms x 2 splits
     for r in rows:
         assert 0.0 <= float(r[6]) <= 100.0 and float(r[9]) >= 0.0
         assert r[10].strip() == "PASS" or r[10].strip().startswith("FAIL: ")
+
+
+@pytest.mark.slow
+def test_onnxslim_effect_prints_a_row_per_model(monkeypatch, tmp_path) -> None:
+    module = _load("onnxslim_effect")
+    out = tmp_path / "slim.md"
+    monkeypatch.setattr("sys.argv", ["onnxslim_effect.py", "--models", "resnet10t", "--size", "32", "--rounds", "1",
+                                     "--queries", "1", "--out", str(out)])  # fmt: skip
+    module.main()
+    (row,) = [line for line in out.read_text().splitlines() if line.startswith("| resnet10t |")]
+    assert re.search(r"\| (\d+) -> \1 \(INT8 (\d+) -> \2\) \| 0\.0e\+00 \| [\d.]+ / [\d.]+ \([\d.]+\) \|", row), row
