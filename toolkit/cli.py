@@ -367,16 +367,16 @@ def export_(
     """ONNX export with a PyTorch-vs-ONNX Runtime parity check, then INT8 per target with an accuracy guard."""
     from runtime.fidelity import GuardCriteria
     from toolkit.exporting import keep_float_names, run_export
+    from toolkit.formats import INT8_BACKENDS, MOBILE
 
-    targets = ("onnxruntime", "tensorrt", "openvino") if "all" in backend else tuple(dict.fromkeys(backend))
+    targets = INT8_BACKENDS if "all" in backend else tuple(dict.fromkeys(backend))
     formats = tuple(dict.fromkeys(format_ or ()))
     if target:
         from runtime.targets import get_target, load_targets
-        from toolkit.mobile_export import MOBILE_FORMATS
 
         profiles = [get_target(name, load_targets(targets_file)) for name in target]
-        targets = tuple(dict.fromkeys(p.backend for p in profiles if p.backend not in MOBILE_FORMATS))
-        formats = tuple(dict.fromkeys(p.backend for p in profiles if p.backend in MOBILE_FORMATS))
+        targets = tuple(dict.fromkeys(p.backend for p in profiles if p.backend not in MOBILE))
+        formats = tuple(dict.fromkeys(p.backend for p in profiles if p.backend in MOBILE))
         int8 = any("int8" in p.precisions for p in profiles)
         fp16 = any("fp16" in p.precisions for p in profiles if p.backend in ("onnxruntime", "tensorrt"))
     with _locked(run):
@@ -456,6 +456,26 @@ def prune(
         else ""
     )
     console.print(f"pruned run: {out_dir} (MACs x{info['macs_ratio']:.2f}, params x{info['params_ratio']:.2f}{test})")
+
+
+@app.command()
+def formats(targets_file: TargetsFile = None) -> None:
+    """List every export format: how to ask for it, its files, the targets that measure it, the extra that
+    installs it, whether it is installed here and the options that apply to it."""
+    from runtime.targets import load_targets
+    from toolkit.formats import FORMATS
+
+    profiles = load_targets(targets_file).values()
+    table = Table()
+    for col in ("format", "ask with", "files", "measured on", "extra", "installed here", "options"):
+        table.add_column(col, no_wrap=col == "format")
+    for f in FORMATS.values():
+        missing = f.missing()
+        measured = [t.name for t in profiles if t.backend in f.engines and set(t.precisions) & set(f.files)]
+        table.add_row(f.name, f.ask, ", ".join(f"{p}: {file}" for p, file in f.files.items()),
+                      ", ".join(measured) or "-", f.extra or "(base)",
+                      "yes" if missing is None else f"no: {missing} missing", " ".join(f.options) or "-")  # fmt: skip
+    out.print(table)
 
 
 @app.command()

@@ -26,20 +26,17 @@ from runtime.errors import ToolkitError, did_you_mean
 from runtime.fidelity import DEFAULT_CRITERIA, GuardCriteria
 from runtime.preprocess import PreprocessContract
 from toolkit.evaluation import load_run_student
+from toolkit.formats import FORMATS, INT8_BACKENDS
 from toolkit.mobile_export import check_formats, export_format
 from toolkit.qad import QAD_FILES, QAD_KEYS, check_recover, run_qad
 from toolkit.recipe import Recipe
 from toolkit.rundir import read_manifest, update_manifest
 from toolkit.splits import recipe_splits
 
-BACKENDS = ("onnxruntime", "tensorrt", "openvino")
-INT8_FILES = {
-    "onnxruntime": "model.int8.onnx",
-    "tensorrt": "model.int8.tensorrt.onnx",
-    "openvino": "model.int8.openvino/model.xml",
-}
-OPENVINO_FP32 = "model.openvino/model.xml"
-FP16_FILE = "model.fp16.onnx"
+BACKENDS = INT8_BACKENDS
+INT8_FILES = {b: FORMATS[b].file("int8") for b in INT8_BACKENDS}
+OPENVINO_FP32 = FORMATS["openvino"].file("fp32")
+FP16_FILE = FORMATS["fp16"].file("fp16")
 PRODUCER_NOTES = {"onnxruntime": "", "modelopt": "; written by NVIDIA ModelOpt: float weights behind Q/DQ, FP16 high "
                   "precision for the layers left out of INT8"}  # fmt: skip
 FP16_TOLERANCE = 2e-2  # FP16 keeps ~3 significant digits: |logit diff| <= 2e-2 x max(1, |logit|), as for Core ML FP16

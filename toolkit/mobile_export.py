@@ -26,6 +26,7 @@ from runtime.datasets import Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.fidelity import GuardCriteria
 from runtime.preprocess import PreprocessContract
+from toolkit.formats import FORMATS
 
 
 @dataclass(frozen=True)
@@ -49,16 +50,17 @@ class MobileFormat:
 
 MOBILE_FORMATS = {
     "executorch": MobileFormat(
-        "executorch", "model.pte", "model.int8.pte", "ExecuTorch program, XNNPACK delegate, FP32",
+        "executorch", FORMATS["executorch"].file("fp32"), FORMATS["executorch"].file("int8"),
+        "ExecuTorch program, XNNPACK delegate, FP32",
         "ExecuTorch program, XNNPACK delegate, INT8 (PT2E, XNNPACK quantizer: symmetric, per-channel weights)",
         "export.executorch_export",
     ),
     "ncnn": MobileFormat(
-        "ncnn", "model.ncnn/model.param", None, "NCNN param/bin through PNNX, FP32 weights", "",
+        "ncnn", FORMATS["ncnn"].file("fp32"), None, "NCNN param/bin through PNNX, FP32 weights", "",
         "export.ncnn_export",
     ),
     "coreml": MobileFormat(
-        "coreml", "model.mlpackage", None, "Core ML ML Program, FP16 compute (iOS 17 / macOS 14)", "",
+        "coreml", FORMATS["coreml"].file("fp16"), None, "Core ML ML Program, FP16 compute (iOS 17 / macOS 14)", "",
         "export.coreml_export", parity_tolerance=2e-2,
     ),
 }  # fmt: skip

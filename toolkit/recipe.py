@@ -25,6 +25,7 @@ from runtime.fidelity import GuardCriteria
 from runtime.preprocess import PreprocessContract
 from runtime.sources import DataSource, align_classes
 from toolkit import defaults
+from toolkit.formats import INT8_BACKENDS, MOBILE
 
 
 class DataSourceConfig(StrictModel):
@@ -79,8 +80,8 @@ class ExportStepConfig(StrictModel):
     tensorrt_quantizer: Literal["onnxruntime", "modelopt"] = Field(
         "onnxruntime", description="who writes the TensorRT INT8 form (toolkit export --tensorrt-quantizer)"
     )
-    backends: list[Literal["onnxruntime", "tensorrt", "openvino"]] = ["onnxruntime"]
-    formats: list[Literal["executorch", "ncnn", "coreml"]] = Field(
+    backends: list[Literal[INT8_BACKENDS]] = ["onnxruntime"]  # type: ignore[valid-type]
+    formats: list[Literal[MOBILE]] = Field(  # type: ignore[valid-type]
         [], description="phone/board formats (toolkit export --format)"
     )
     calib_size: PositiveInt = defaults.CALIB_SIZE
