@@ -429,7 +429,7 @@ def coreml_spec_problems(spec: Any, contract: PreprocessContract) -> list[str]:
 def check_engine_sidecar(sidecar: dict[str, Any], tensorrt_version: str, gpu: str, engine: str) -> None:
     """An engine runs only on the TensorRT version and GPU model it was built with: a mismatch is an error saying
     how to rebuild (sidecars from before versions were recorded are taken as they are)."""
-    rebuild = "rebuild it here with `toolkit export RUN --int8 --backend tensorrt` (or trtexec on the Q/DQ model)"
+    rebuild = "rebuild it here from the run's ONNX files with `toolkit engine RUN` (or trtexec on the ONNX file)"
     built_with, built_for = sidecar.get("tensorrt"), sidecar.get("gpu")
     if built_with and str(built_with).split(".")[:2] != tensorrt_version.split(".")[:2]:
         raise ToolkitError(

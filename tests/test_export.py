@@ -360,3 +360,28 @@ def test_calib_seeds_is_refused_where_unused(tmp_path: Path, kwargs: dict, messa
 
     with pytest.raises(ToolkitError, match=message):
         run_export(tmp_path / "no-run", **kwargs)
+
+
+def test_toolkit_engine_rebuilds_from_the_exported_onnx_or_says_why_not(tmp_path: Path) -> None:
+    from torch import nn
+
+    from export.onnx_export import export_onnx
+    from export.tensorrt_engine import unavailable_reason
+
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["engine", str(run)])
+    assert res.exit_code != 0
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"exports": {"onnx": {"file": "model.onnx"}}}))
+    res = runner.invoke(app, ["engine", str(run)])
+    assert res.exit_code != 0 and "no file to build a TensorRT engine from" in str(res.exception)
+    contract = PreprocessContract(input_size=8, resize_size=8, class_names=("a", "b"))
+    export_onnx(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)).eval(), contract, run / "model.fp16.onnx")
+    (run / "manifest.json").write_text(json.dumps({"exports": {"fp16": {"file": "model.fp16.onnx"}}}))
+    res = runner.invoke(app, ["engine", str(run)])
+    engine = exports(run)["fp16"]["engine"]
+    if unavailable_reason():  # here: no TensorRT or no GPU, recorded and said
+        assert res.exit_code != 0 and engine == {"built": False, "reason": unavailable_reason()}
+        assert unavailable_reason() in str(res.exception)
+    else:
+        assert res.exit_code == 0 and engine["built"] and engine["precision"] == "fp16"

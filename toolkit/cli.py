@@ -459,6 +459,19 @@ def prune(
 
 
 @app.command()
+def engine(
+    run: Annotated[Path, typer.Argument(help="An exported run directory (model.int8.tensorrt.onnx, model.fp16.onnx).")],
+) -> None:
+    """Rebuild the run's TensorRT engines from its exported ONNX files for this machine's TensorRT and GPU."""
+    from toolkit.engines import rebuild_engines
+
+    with _locked(run):
+        built = rebuild_engines(run, console)
+    if not any(e.get("built") for e in built.values()):
+        raise ToolkitError("no engine built: " + next(iter(built.values())).get("reason", "unknown"))
+
+
+@app.command()
 def formats(targets_file: TargetsFile = None) -> None:
     """List every export format: how to ask for it, its files, the targets that measure it, the extra that
     installs it, whether it is installed here and the options that apply to it."""
