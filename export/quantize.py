@@ -5,6 +5,12 @@ Targets differ because the fastest INT8 form differs by engine:
   Runtime's CPU kernels run fastest (signed activations measured slower than FP32 there).
 - ``tensorrt``: QDQ with symmetric signed activations and weights (zero points 0), per-channel weights,
   biases left in float: the explicit-quantization form TensorRT builds engines from.
+
+Neither ``AddQDQPairToWeight`` nor ``DedicatedQDQPair`` (Optimum's TensorRT preset sets both) is set for the
+TensorRT form: TensorRT's explicit-quantization guide takes pre-quantized INT8 weights behind a DequantizeLinear
+as well as float weights behind a Q/DQ pair (the former keeps the file 4x smaller), and NVIDIA's own ONNX
+quantizer (ModelOpt, export/modelopt_quantize.py) shares one DequantizeLinear between the consumers of an
+activation, as ONNX Runtime's writer does.
 """
 
 from __future__ import annotations
