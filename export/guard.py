@@ -116,7 +116,9 @@ def activation_sensitivity(
             for name, pair in create_activation_matching(acts).items():
                 if pair.get("pre_qdq") is None or pair.get("post_qdq") is None:
                     continue
-                x, y = np.concatenate(pair["pre_qdq"]).ravel(), np.concatenate(pair["post_qdq"]).ravel()
+                # float64: ModelOpt's FP16 activations would overflow a float16 sum of squares
+                x = np.concatenate(pair["pre_qdq"]).ravel().astype(np.float64)
+                y = np.concatenate(pair["post_qdq"]).ravel().astype(np.float64)
                 signal[name] = signal.get(name, 0.0) + float(np.dot(x, x))
                 noise[name] = noise.get(name, 0.0) + float(np.dot(x - y, x - y))
     eps = float(np.finfo(np.float32).eps) ** 2

@@ -62,3 +62,24 @@ def test_table_names_the_nodes_that_read_each_activation(quantized) -> None:
     assert {ops[c] for row in table for c in row["consumers"]} == {"Conv", "ReduceMean", "Gemm"}
     entry = sensitivity_entry(table, batches)
     assert entry["images"] == 15 and entry["tensors"] == table
+
+
+def test_float16_activations_do_not_overflow_the_sums(tmp_path: Path) -> None:
+    """Regression: ModelOpt's TensorRT form carries FP16 activations; a float16 sum of squares overflowed to inf."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Cast", ["input"], ["x"], to=TensorProto.FLOAT16),
+             helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_QuantizeLinear_Output"]),
+             helper.make_node("DequantizeLinear", ["x_QuantizeLinear_Output", "s", "z"],
+                              ["x_DequantizeLinear_Output"]),
+             helper.make_node("Relu", ["x_DequantizeLinear_Output"], ["r"]),
+             helper.make_node("Cast", ["r"], ["logits"], to=TensorProto.FLOAT)]  # fmt: skip
+    inits = [numpy_helper.from_array(np.array(1.0, np.float16), "s"), numpy_helper.from_array(np.int8(0), "z")]
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["n", 64]) for name in ("input", "logits")]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], inits)
+    path = tmp_path / "fp16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    images = [np.full((16, 64), 100.3, np.float32)]  # sum of squares 1.6e8: beyond float16's 65504
+    ((name, db),) = activation_sensitivity(path, images)
+    # 100.3 is 100.3125 in float16 and quantizes to 100: an error of 0.3125 on every element
+    assert name == "x" and db == pytest.approx(20 * np.log10(100.3125 / 0.3125), abs=1e-3)
