@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 status=0
 for selection in "not slow" "slow"; do
   echo "== pytest -m '$selection'" >&2
-  .venv/bin/python -m pytest -q -m "$selection" "$@"
+  .venv/bin/python -m pytest -q -m "$selection" --durations=10 "$@"
   rc=$?
   # Exit code 5 = this selection collected no tests (e.g. a -k filter matched only the other group): not a failure.
   if [ "$rc" -eq 5 ]; then echo "(no tests selected by -m '$selection')" >&2; rc=0; fi

@@ -134,8 +134,8 @@ def test_qad_seed_table_by_hand() -> None:
 def test_guard_criteria_measures_every_form_on_both_splits(monkeypatch, tmp_path) -> None:
     module = _load("guard_criteria")
     out = tmp_path / "guard.md"
-    argv = ["guard_criteria.py", "--students", "resnet18", "--seeds", "0", "--per-class", "20", "--test-per-class",
-            "10", "--epochs", "1", "--calib-size", "16", "--out", str(out)]  # fmt: skip
+    argv = ["guard_criteria.py", "--students", "resnet18", "--seeds", "0", "--per-class", "10", "--test-per-class",
+            "4", "--epochs", "1", "--calib-size", "8", "--out", str(out)]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     module.main()
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| resnet18 |")]
