@@ -100,7 +100,7 @@ class Fidelity:
         )
 
     def summary(self) -> dict:
-        """The measured values, JSON-ready (the per-class counts only for the worst classes)."""
+        """The measured values, JSON-ready: the worst class and the worst significant one, not every class."""
         worst, sig = self.worst_class, self.worst_significant_class
         return {"n": self.n, "fp32_top1": self.fp32_top1, "int8_top1": self.int8_top1,
                 "drop_points": round(self.drop_points, 4), "agreement": round(self.agreement, 6),
