@@ -41,30 +41,42 @@ HEADER = ("| student | seed | INT8 form | split | n | drop (pts) | agreement (%)
           "significant | KL (nats) | guard with the defaults |")  # fmt: skip
 
 
-def int8_forms(run: Path, batches: list[np.ndarray], calib_size: int) -> dict[str, Path]:
-    """Every layer INT8: ONNX Runtime U8S8, TensorRT's S8S8 form, OpenVINO NNCF, and two poor calibrations."""
-    import nncf
-    import openvino as ov
+FORMS = ("u8s8", "s8s8", "s8s8-modelopt", "u8s8-4-images", "u8s8-noise", "nncf")
 
+
+def int8_forms(
+    run: Path, batches: list[np.ndarray], calib_size: int, wanted: tuple[str, ...] = FORMS
+) -> dict[str, Path]:
+    """The INT8 forms ``wanted`` (FORMS), every layer INT8 (ModelOpt: as it chooses): ONNX Runtime U8S8, TensorRT's
+    S8S8 form by ONNX Runtime and by ModelOpt, two poor calibrations, OpenVINO NNCF."""
     onnx_path = run / "model.onnx"
     rng = np.random.default_rng(0)
     noise = [rng.standard_normal(b.shape).astype(np.float32) for b in batches]
-    forms = {
-        f"ONNX Runtime U8S8 ({calib_size} train images)": quantize(onnx_path, run / "u8s8.onnx", "onnxruntime",
-                                                                     batches),
-        f"TensorRT S8S8 ({calib_size} train images)": quantize(onnx_path, run / "s8s8.onnx", "tensorrt", batches),
-        f"TensorRT S8S8 by ModelOpt ({calib_size} train images)": quantize(onnx_path, run / "s8s8.mo.onnx",
-                                                                          "tensorrt", batches, producer="modelopt"),
-        "ONNX Runtime U8S8 (4 train images)": quantize(onnx_path, run / "u8s8.few.onnx", "onnxruntime",
-                                                         [batches[0][:4]]),
-        "ONNX Runtime U8S8 (noise, not images)": quantize(onnx_path, run / "u8s8.noise.onnx", "onnxruntime", noise),
+    makers = {
+        "u8s8": (f"ONNX Runtime U8S8 ({calib_size} train images)",
+                 lambda: quantize(onnx_path, run / "u8s8.onnx", "onnxruntime", batches)),
+        "s8s8": (f"TensorRT S8S8 ({calib_size} train images)",
+                 lambda: quantize(onnx_path, run / "s8s8.onnx", "tensorrt", batches)),
+        "s8s8-modelopt": (f"TensorRT S8S8 by ModelOpt ({calib_size} train images)",
+                          lambda: quantize(onnx_path, run / "s8s8.mo.onnx", "tensorrt", batches, producer="modelopt")),
+        "u8s8-4-images": ("ONNX Runtime U8S8 (4 train images)",
+                          lambda: quantize(onnx_path, run / "u8s8.few.onnx", "onnxruntime", [batches[0][:4]])),
+        "u8s8-noise": ("ONNX Runtime U8S8 (noise, not images)",
+                       lambda: quantize(onnx_path, run / "u8s8.noise.onnx", "onnxruntime", noise)),
+        "nncf": (f"OpenVINO NNCF ({calib_size} train images)", lambda: _nncf(onnx_path, run, batches)),
     }  # fmt: skip
+    return {makers[k][0]: makers[k][1]() for k in FORMS if k in wanted}
+
+
+def _nncf(onnx_path: Path, run: Path, batches: list[np.ndarray]) -> Path:
+    import nncf
+    import openvino as ov
+
     model = onnx_to_openvino(onnx_path, run / "openvino" / "model.xml", OnnxClassifier(onnx_path).contract)
     xml = run / "nncf" / "model.xml"
     xml.parent.mkdir(exist_ok=True)
     ov.save_model(nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches)), str(xml))
-    forms[f"OpenVINO NNCF ({calib_size} train images)"] = xml
-    return forms
+    return xml
 
 
 def rows_for(run: Path, test_root: Path, student: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -80,7 +92,7 @@ def rows_for(run: Path, test_root: Path, student: str, seed: int, args: argparse
     labels = {"held-out": splits.val.labels, "test": test.labels}
     data = {"held-out": splits.val, "test": test}
     rows = []
-    for name, path in int8_forms(run, batches, args.calib_size).items():
+    for name, path in int8_forms(run, batches, args.calib_size, tuple(args.forms)).items():
         model = OnnxClassifier(path) if path.suffix == ".onnx" else OpenVinoClassifier(path)
         for split in ("held-out", "test"):
             f = Fidelity.measure(reference[split], model.predict(data[split]), labels[split])
@@ -102,6 +114,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="training resolution")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--calib-size", type=int, default=256)
+    ap.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS), help="INT8 forms to measure")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cpu = cpu_description()

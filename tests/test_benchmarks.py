@@ -135,11 +135,15 @@ def test_guard_criteria_measures_every_form_on_both_splits(monkeypatch, tmp_path
     module = _load("guard_criteria")
     out = tmp_path / "guard.md"
     argv = ["guard_criteria.py", "--students", "resnet18", "--seeds", "0", "--per-class", "10", "--test-per-class",
-            "4", "--epochs", "1", "--calib-size", "8", "--out", str(out)]  # fmt: skip
+            "4", "--epochs", "1", "--calib-size", "8", "--forms", "u8s8", "u8s8-noise", "--out", str(out)]  # fmt: skip
     monkeypatch.setattr("sys.argv", argv)
     module.main()
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| resnet18 |")]
-    assert len(rows) == 12 and {r[3].strip() for r in rows} == {"held-out", "test"}  # 6 INT8 forms x 2 splits
+    assert len(rows) == 4 and {r[3].strip() for r in rows} == {"held-out", "test"}  # 2 INT8 forms x 2 splits
+    assert {r[2].strip() for r in rows} == {
+        "ONNX Runtime U8S8 (8 train images)",
+        "ONNX Runtime U8S8 (noise, not images)",
+    }
     for r in rows:
         assert 0.0 <= float(r[6]) <= 100.0 and float(r[9]) >= 0.0
         assert r[10].strip() == "PASS" or r[10].strip().startswith("FAIL: ")

@@ -60,10 +60,18 @@ def zero_points(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
-    args = ["export", str(run_dir), "--int8", "--backend", "all", *LENIENT_GUARD, "--calib-seeds", "3"]
+    args = ["export", str(run_dir), "--int8", "--backend", "all", *LENIENT_GUARD, "--calib-seeds", "3", "--fp16",
+            "--slim"]  # fmt: skip
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     ex = exports(run_dir)
+    # --slim: a clean CNN keeps its nodes; --fp16: parity-checked against model.onnx, measured by ORT CPU targets
+    assert ex["onnx"]["slim"]["nodes_after"] == ex["onnx"]["slim"]["nodes_before"]
+    assert ex["fp16"]["file"] == "model.fp16.onnx" and ex["fp16"]["parity_vs_onnx"]["passed"]
+    from runtime.artifacts import artifacts_for
+
+    assert [a.key for a in artifacts_for(run_dir, "onnxruntime", ("fp32", "fp16", "int8"))] == [
+        "onnx", "fp16", "int8_onnxruntime"]  # fmt: skip
     assert ex["int8_onnxruntime"]["guard"]["verdict"] == "PASS"
     assert ex["int8_tensorrt"]["guard"]["verdict"] == "PASS"
     for key in ("int8_onnxruntime", "int8_tensorrt"):  # the first calibration sample is the shipped model's
@@ -76,6 +84,7 @@ def test_int8_targets_and_tensorrt_structure(run_dir: Path) -> None:
 
     if unavailable_reason():  # no TensorRT/GPU here: the manifest says why no engine was built
         assert ex["int8_tensorrt"]["engine"] == {"built": False, "reason": unavailable_reason()}
+        assert ex["fp16"]["engine"] == {"built": False, "reason": unavailable_reason()}
     # ONNX Runtime form: unsigned 8-bit activations.
     ort_zp = zero_points(run_dir / "model.int8.onnx")
     assert ort_zp and all(z.dtype == np.uint8 for z in ort_zp.values())
@@ -385,3 +394,28 @@ def test_toolkit_engine_rebuilds_from_the_exported_onnx_or_says_why_not(tmp_path
         assert unavailable_reason() in str(res.exception)
     else:
         assert res.exit_code == 0 and engine["built"] and engine["precision"] == "fp16"
+
+
+@pytest.mark.slow
+def test_export_with_modelopt_as_the_tensorrt_writer(run_dir: Path, tmp_path: Path) -> None:
+    """--tensorrt-quantizer modelopt: the same guard, exclusions and sensitivity table as ONNX Runtime's writer."""
+    import shutil
+
+    from export.modelopt_quantize import unavailable_reason
+    from export.qdq_form import qdq_form
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "model*"))
+    assert runner.invoke(app, ["export", str(run)]).exit_code == 0  # model.onnx: its node names
+    conv = next(n.name for n in onnx.load(str(run / "model.onnx")).graph.node if n.op_type == "Conv")
+    args = ["export", str(run), "--int8", "--backend", "tensorrt", "--tensorrt-quantizer", "modelopt",
+            "--calib-size", "16", "--keep-float", conv, *LENIENT_GUARD]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    entry = exports(run)["int8_tensorrt"]
+    assert "ModelOpt" in entry["format"] and entry["guard"]["verdict"] == "PASS" and entry["sensitivity"]["tensors"]
+    proto = onnx.load(str(run / "model.int8.tensorrt.onnx"))
+    assert conv in qdq_form(proto)["float_ops"] and qdq_form(proto)["quantized_ops"] > 0
+    assert {p.key: p.value for p in proto.metadata_props}["toolkit.guard"] == "PASS"

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 import torch
-from conftest import write_image_folder, write_recipe
 from onnx import TensorProto
 from torch import nn
-from typer.testing import CliRunner
 
 from export.fp16_export import META_PRECISION, to_fp16
 from export.onnx_export import export_onnx
 from runtime.classifier import OnnxClassifier
 from runtime.preprocess import PreprocessContract
-from toolkit.cli import app
 
 
 def test_fp16_model_keeps_float32_io_the_contract_and_the_logits(tmp_path: Path) -> None:
@@ -41,35 +36,3 @@ def test_fp16_model_keeps_float32_io_the_contract_and_the_logits(tmp_path: Path)
     a, b = OnnxClassifier(fp32).run(x), OnnxClassifier(half).run(x)
     assert b.dtype == np.float32 and np.abs(a - b).max() < 2e-2 * max(1.0, np.abs(a).max())
     assert not np.array_equal(a, b)  # it did compute in FP16
-
-
-@pytest.mark.slow
-def test_export_fp16_then_eval_bench_report(tmp_path: Path) -> None:
-    runner = CliRunner()
-    data = write_image_folder(tmp_path / "data", per_class=12)
-    run = tmp_path / "run"
-    assert (
-        runner.invoke(
-            app, ["train", str(write_recipe(tmp_path / "r.yaml", data, epochs=1)), "--out", str(run)]
-        ).exit_code
-        == 0
-    )
-    res = runner.invoke(app, ["export", str(run), "--fp16", "--slim"])
-    assert res.exit_code == 0, res.output
-    exports = json.loads((run / "manifest.json").read_text())["exports"]
-    assert exports["onnx"]["slim"]["nodes_after"] == exports["onnx"]["slim"]["nodes_before"]  # a clean CNN
-    entry = exports["fp16"]
-    assert entry["file"] == "model.fp16.onnx" and entry["parity_vs_onnx"]["passed"]
-    from export.tensorrt_engine import unavailable_reason
-
-    if unavailable_reason():
-        assert entry["engine"] == {"built": False, "reason": unavailable_reason()}
-    assert runner.invoke(app, ["eval", str(run), "--data", str(data), "--artifact", "all"]).exit_code == 0
-    res = runner.invoke(app, ["bench", str(run), "-t", "ort-cpu-1t", "--min-duration", "0", "--min-queries", "5",
-                              "--warmup", "1", "--rounds", "1"])  # fmt: skip
-    assert res.exit_code == 0, res.output
-    bench = json.loads((run / "bench" / "ort-cpu-1t.json").read_text())
-    assert [a["artifact"] for a in bench["artifacts"]] == ["onnx", "fp16"]
-    assert runner.invoke(app, ["report", str(run)]).exit_code == 0
-    ladder = {s["stage"]: s for s in json.loads((run / "report.json").read_text())["ladder"]}
-    assert ladder["fp16"]["versus"] == "onnx" and ladder["fp16"]["agreement"] >= 0.99

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import FAILING_GUARD, write_image_folder, write_recipe
 from onnx import TensorProto
 from torch import nn
-from typer.testing import CliRunner
 
 from export.modelopt_quantize import exact_patterns, unavailable_reason
 from export.onnx_export import export_onnx
@@ -21,7 +18,6 @@ from export.quantize import check_producer, quantize
 from runtime.classifier import OnnxClassifier
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
-from toolkit.cli import app
 
 needs_modelopt = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
@@ -63,22 +59,3 @@ def test_modelopt_writes_tensorrts_form_with_fp16_high_precision(tmp_path: Path)
     session = OnnxClassifier(out)  # the contract came along; ONNX Runtime's CPU kernels run it
     assert session.contract == contract and session.run(batches[0]).shape == (8, 3)
     assert np.abs(session.run(batches[0]) - OnnxClassifier(fp32).run(batches[0])).max() < 0.5
-
-
-@needs_modelopt
-@pytest.mark.slow
-def test_export_with_modelopt_guards_and_falls_back_like_onnx_runtimes_writer(tmp_path: Path) -> None:
-    runner = CliRunner()
-    data = write_image_folder(tmp_path / "data", per_class=12)
-    run = tmp_path / "run"
-    res = runner.invoke(app, ["train", str(write_recipe(tmp_path / "r.yaml", data, epochs=1)), "--out", str(run)])
-    assert res.exit_code == 0, res.output
-    args = ["export", str(run), "--int8", "--backend", "tensorrt", "--tensorrt-quantizer", "modelopt",
-            "--calib-size", "16", *FAILING_GUARD, "--max-float-layers", "1", "--allow-fail"]  # fmt: skip
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    entry = json.loads((run / "manifest.json").read_text())["exports"]["int8_tensorrt"]
-    assert "ModelOpt" in entry["format"] and entry["guard"]["verdict"] == "FAIL"
-    assert len(entry["guard"]["attempts"]) == 2 and entry["sensitivity"]["tensors"]
-    kept = set(entry["guard"]["kept_in_float"])
-    assert kept and kept <= set(qdq_form(onnx.load(str(run / "model.int8.tensorrt.onnx")))["float_ops"])

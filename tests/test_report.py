@@ -252,3 +252,22 @@ def test_guard_criteria_sensitivity_and_class_checks_reach_the_report(tmp_path: 
     assert "| 1 | `act_0` | 10.0 | /layer4/conv | yes |" in md and "| 20 | `act_19` |" in md and "act_20" not in md
     assert (run / "report_files" / "sensitivity_int8_onnxruntime.png").is_file()
     assert len(json.loads((run / "report.json").read_text())["sensitivity"]["int8_onnxruntime"]["tensors"]) == 25
+
+
+def test_the_fp16_artifact_is_a_rung_compared_with_onnx_fp32(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    base = run / "eval" / "fake-test"
+    onnx_logits = np.load(base / "artifacts" / "onnx" / "logits.npy")
+    half = onnx_logits.copy()
+    half[0] = half[0, ::-1]  # one answer changes in FP16
+    write_eval(base / "artifacts" / "fp16", half, np.argmax(np.load(base / "logits.npy"), 1))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["exports"]["fp16"] = {"file": "model.fp16.onnx", "bytes": 2_000_000}
+    (run / "model.fp16.onnx").write_bytes(b"x" * 100)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    ladder = [s for s in build_report(run)["ladder"] if s.get("available")]
+    stages = [s["stage"] for s in ladder]
+    assert stages.index("onnx") + 1 == stages.index("fp16") < stages.index("int8_onnxruntime")
+    fp16 = next(s for s in ladder if s["stage"] == "fp16")
+    assert fp16["versus"] == "onnx" and fp16["label"] == "ONNX Runtime FP16 (FP32 I/O)"
+    assert fp16["agreement"] == pytest.approx(float((onnx_logits.argmax(1) == half.argmax(1)).mean()))
