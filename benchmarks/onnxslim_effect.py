@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,33 +21,15 @@ import onnxruntime as ort
 import timm
 import torch
 
-from export.onnx_export import export_onnx
-from export.quantize import quantize
-from export.slim import slim_onnx
-from runtime.environment import cpu_description
-from runtime.preprocess import PreprocessContract
+sys.path.insert(0, str(Path(__file__).parent))
+from prune_recovery import time_interleaved  # noqa: E402
 
-
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def interleaved_p50(paths: dict[str, Path], size: int, rounds: int, queries: int) -> dict[str, float]:
-    x = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)
-    sessions = {k: session(p) for k, p in paths.items()}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {"input": x})
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            for _ in range(queries):
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})
-                times[k].append(time.perf_counter() - t0)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+from export.onnx_export import export_onnx  # noqa: E402
+from export.quantize import quantize  # noqa: E402
+from export.slim import slim_onnx  # noqa: E402
+from runtime.classifier import OnnxClassifier  # noqa: E402
+from runtime.environment import cpu_description  # noqa: E402
+from runtime.preprocess import PreprocessContract  # noqa: E402
 
 
 def main() -> None:
@@ -80,13 +62,12 @@ def main() -> None:
             shutil.copy(plain, slim)
             info = slim_onnx(slim)
             x = calibration[0][:2]
-            diff = float(
-                np.abs(session(plain).run(None, {"input": x})[0] - session(slim).run(None, {"input": x})[0]).max()
-            )
+            diff = float(np.abs(OnnxClassifier(plain).run(x) - OnnxClassifier(slim).run(x)).max())
             paths = {"fp32": plain, "fp32 slim": slim}
             for tag, src in (("int8", plain), ("int8 slim", slim)):
                 paths[tag] = quantize(src, work / f"{name}.{tag.replace(' ', '-')}.onnx", "onnxruntime", calibration)
-            p50 = interleaved_p50(paths, args.size, args.rounds, args.queries)
+            p50 = time_interleaved({k: OnnxClassifier(v, threads=1) for k, v in paths.items()}, args.size, args.rounds,
+                                   args.queries)  # fmt: skip
             int8_nodes = [len(onnx.load(str(paths[t])).graph.node) for t in ("int8", "int8 slim")]
             lines.append(f"| {name} | {info['nodes_before']} -> {info['nodes_after']} (INT8 {int8_nodes[0]} -> "
                          f"{int8_nodes[1]}) | {diff:.1e} | {p50['fp32']:.2f} / {p50['fp32 slim']:.2f} "

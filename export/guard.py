@@ -195,25 +195,27 @@ def guarded_quantize(
 def calibration_spread(
     fp32_path: Path,
     target: str,
-    samples: list[list[np.ndarray]],
+    shipped: Fidelity,
+    more_samples: list[list[np.ndarray]],
     held_out: Dataset,
     fp32_logits: np.ndarray,
     method: str = "minmax",
     keep_float: list[str] | None = None,
     producer: str = "onnxruntime",
 ) -> dict:
-    """How much INT8 accuracy depends on which images calibrate: the model quantized once per calibration sample
-    (same layers in float as the shipped one), each measured on the held-out images; mean +- std of top-1."""
-    rows = []
+    """How much INT8 accuracy depends on which images calibrate: the shipped model's held-out measurement, and
+    the model quantized again from each of ``more_samples`` (same layers in float), measured the same way;
+    mean +- std of top-1 over all of them."""
+    rows = [shipped]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, batches in enumerate(samples):
+        for i, batches in enumerate(more_samples):
             path = quantize(fp32_path, Path(tmp) / f"{i}.onnx", target, batches, method,
                             nodes_to_exclude=list(keep_float or []), producer=producer)  # fmt: skip
             rows.append(Fidelity.measure(fp32_logits, OnnxClassifier(path).predict(held_out), held_out.labels))
     top1 = np.array([f.int8_top1 for f in rows])
     return {"samples": len(rows), "int8_top1": top1.tolist(), "agreement": [f.agreement for f in rows],
             "mean_top1": float(top1.mean()), "std_top1": float(top1.std(ddof=1)) if len(rows) > 1 else 0.0,
-            "fp32_top1": rows[0].fp32_top1 if rows else None}  # fmt: skip
+            "fp32_top1": shipped.fp32_top1}  # fmt: skip
 
 
 def sensitivity_entry(table: list[dict], batches: list[np.ndarray]) -> dict:

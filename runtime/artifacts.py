@@ -60,11 +60,12 @@ REFERENCE = {
     "executorch": "student",
     "int8_executorch": "executorch",
 }
-# TensorRT engines built from an exported ONNX file: the file's manifest key -> (the engine's key, label, precision).
+# TensorRT engines built from an exported ONNX file: the file's manifest key -> (the engine's key, label, precision,
+# file stem: the engine is <stem>.<gpu>.engine).
 ENGINES = {
-    "fp16": ("trt_engine_fp16", "TensorRT engine FP16", "fp16"),
-    "int8_tensorrt": ("trt_engine_int8", "TensorRT engine INT8", "int8"),
-    "int8_tensorrt_qad": ("trt_engine_int8_qad", "TensorRT engine INT8, QAD", "int8"),
+    "fp16": ("trt_engine_fp16", "TensorRT engine FP16", "fp16", "model.fp16"),
+    "int8_tensorrt": ("trt_engine_int8", "TensorRT engine INT8", "int8", "model"),
+    "int8_tensorrt_qad": ("trt_engine_int8_qad", "TensorRT engine INT8, QAD", "int8", "model.qad"),
 }
 
 
@@ -106,7 +107,7 @@ def run_artifacts(run_dir: Path, manifest: dict[str, Any] | None = None) -> list
         if entry and (run_dir / entry["file"]).exists():
             _check_hashes(run_dir / entry["file"], entry)
             found.append(Artifact(key, label, backend, precision, run_dir / entry["file"], entry.get("bytes")))
-    for source, (key, label, precision) in ENGINES.items():
+    for source, (key, label, precision, _) in ENGINES.items():
         engine = exports.get(source, {}).get("engine", {})
         if engine.get("built") is not False and engine.get("file") and (run_dir / engine["file"]).is_file():
             path = run_dir / engine["file"]

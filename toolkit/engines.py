@@ -14,9 +14,6 @@ from runtime.classifier import OnnxClassifier
 from runtime.errors import ToolkitError
 from toolkit.rundir import update_manifest
 
-# manifest key of the ONNX file -> (engine file stem, precision); ENGINES names the same sources
-STEMS = {"int8_tensorrt": ("model", "int8"), "int8_tensorrt_qad": ("model.qad", "int8"), "fp16": ("model.fp16", "fp16")}
-
 
 def rebuild_engines(run_dir: Path, console: Console) -> dict[str, Any]:
     """Build (again) the engine of every exported file that has one; the manifest records each, or why not."""
@@ -28,7 +25,7 @@ def rebuild_engines(run_dir: Path, console: Console) -> dict[str, Any]:
     built = {}
     for key in sources:
         path = run_dir / exports[key]["file"]
-        stem, precision = STEMS[key]
+        _, _, precision, stem = ENGINES[key]
         exports[key]["engine"] = engine_or_reason(path, run_dir, OnnxClassifier(path).contract, console.print,
                                                   stem=stem, precision=precision)  # fmt: skip
         built[key] = exports[key]["engine"]

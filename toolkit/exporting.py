@@ -18,7 +18,7 @@ from export.parity import check_parity, compare_logits
 from export.quantize import check_producer, get_target
 from export.slim import slim_onnx
 from export.tensorrt_engine import engine_or_reason
-from runtime.artifacts import file_entry
+from runtime.artifacts import ENGINES, file_entry
 from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
@@ -204,10 +204,10 @@ def run_export(
             if report.sensitivity:
                 section[f"int8_{target}"]["sensitivity"] = sensitivity_entry(report.sensitivity, batches)
             if calib_seeds > 1 and target != "openvino":
-                samples = [batches] + [calibration_batches(train_set, contract, calib_size, recipe.seed + i)
-                                       for i in range(1, calib_seeds)]  # fmt: skip
-                spread = calibration_spread(onnx_path, target, samples, held_out, fp32_held_out, calib_method,
-                                            report.kept_in_float, producer(target))  # fmt: skip
+                more = [calibration_batches(train_set, contract, calib_size, recipe.seed + i)
+                        for i in range(1, calib_seeds)]  # fmt: skip
+                spread = calibration_spread(onnx_path, target, report.fidelity, more, held_out, fp32_held_out,
+                                            calib_method, report.kept_in_float, producer(target))  # fmt: skip
                 section[f"int8_{target}"]["calibration_spread"] = spread
                 console.print(f"{INT8_FILES[target]}: over {calib_seeds} calibration samples, held-out top-1 "
                               f"{spread['mean_top1']:.4f} +- {spread['std_top1']:.4f} (FP32 "
@@ -258,7 +258,8 @@ def _export_fp16(
     console.print(f"{FP16_FILE} in {time.perf_counter() - t0:.1f}s; parity vs model.onnx: {parity.describe()}")
     entry = {**file_entry(path), "format": f"ONNX FP16 compute, FP32 inputs and outputs ({CONVERTER})",
              "parity_vs_onnx": parity.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem="model.fp16", precision="fp16")
+    _, _, precision, stem = ENGINES["fp16"]
+    entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem=stem, precision=precision)
     return entry
 
 

@@ -33,7 +33,7 @@ from export.guard import GuardReport, sensitivity_entry, sensitivity_table
 from export.qad import QAD_FORMS, check_qad_targets, export_qat_onnx, prepare_qat
 from export.qdq_form import form_differences, qdq_form
 from export.tensorrt_engine import engine_or_reason
-from runtime.artifacts import file_entry
+from runtime.artifacts import ENGINES, file_entry
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
@@ -165,7 +165,8 @@ def _export(
         entry["form"] = form = qdq_form(onnx.load(str(path)))
         entry["form_differences_vs_ptq"] = _compare_with_ptq(path, form, run_dir / PTQ_FILES[target])
     if target == "tensorrt":  # its own engine (model.qad.<gpu>.engine), beside PTQ's
-        entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem=ENGINE_STEM)
+        _, _, precision, stem = ENGINES[QAD_KEYS[target]]
+        entry["engine"] = engine_or_reason(path, run_dir, contract, console.print, stem=stem, precision=precision)
     console.print(f"{QAD_FILES[target]}: {report.describe()}; all layers INT8; agrees with the fine-tuned model "
                   f"on {100 * agreement:.1f}% of the images")  # fmt: skip
     return entry
@@ -176,7 +177,6 @@ QAD_FORMATS = {
     "tensorrt": "QDQ S8S8 symmetric, per-channel weights, float bias (TensorRT explicit quantization)",
     "openvino": "OpenVINO IR from the QAD QDQ graph, float bias",
 }
-ENGINE_STEM = "model.qad"
 # The PTQ file of the same form, which a QAD file's Q/DQ form must match.
 PTQ_FILES = {"onnxruntime": "model.int8.onnx", "tensorrt": "model.int8.tensorrt.onnx"}
 
