@@ -18,6 +18,9 @@ class StudentConfig(StrictModel):
     pretrained: bool = Field(False, description="start from ImageNet weights (shipped offline where available)")
     weights: str | None = Field(None, description="initial weights file (.safetensors)")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    config: str | None = Field(
+        None, description="OpenCLIP model config JSON for an openclip: student open_clip does not list"
+    )
 
 
 class OptimizerConfig(StrictModel):

@@ -9,6 +9,7 @@ and out of checkpoints; only ``net`` is ever saved as the stage's output.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.loss_terms import LossTerm, const, param
+from distill.losses import fdbpl
 from distill.losses.dait import spatial_mse
 from distill.losses.kd import kd_loss
 from distill.losses.lavid import lavid_loss
@@ -253,6 +255,59 @@ class PromptObjective(Objective):
     def compute(self, emb: torch.Tensor, y: torch.Tensor) -> TermValues:
         logits = self.teacher.logit_scale * emb.float() @ self.anchors().T
         return TermValues({"coop_ce": F.cross_entropy(logits, y)}, logits)
+
+
+def check_fdbpl_params(params: dict[str, Any]) -> None:
+    if params["fdbpl_variant"] == "code" and params["fdbpl_labels"] == "mr":
+        raise ToolkitError(
+            "distill.params.fdbpl_labels: 'mr' puts zero probability on every class outside the top-K, which makes "
+            "the code variant's reverse KL(p || t) infinite; use fdbpl_labels ms, or fdbpl_variant paper"
+        )
+
+
+class FdbplObjective(Objective):
+    """FDBPL: a vision-language student's positive and negative prompt contexts against the teacher's cached
+    top-K logits (soft labels MS or MR, information weight w). Batches are (student input, label, top-K
+    indices, top-K logits, log-sum-exp); only the contexts train (``net`` is a ``VLMStudent``)."""
+
+    def __init__(self, net: nn.Module, epochs: int, terms: Sequence[LossTerm], params: dict[str, Any],
+                 prompts: list[str]) -> None:  # fmt: skip
+        super().__init__(net, epochs, terms, params)
+        self.freeze(net.vlm)
+        net.set_classes(prompts)
+        self.variant, self.labels = str(params["fdbpl_variant"]), str(params["fdbpl_labels"])
+        check_fdbpl_params(params)
+        if self.variant == "code" and float(params.get("fdbpl_lambda_d2", 0.0)):
+            warnings.warn(
+                "fdbpl_variant code: the released trainer's second-order term sums D1_i - D1_j over ordered class "
+                "pairs, which is identically zero; it is reported as 0 and trains nothing (fdbpl_variant paper has "
+                "the paper's hinge term)",
+                stacklevel=2,
+            )
+
+    def compute(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, val: torch.Tensor,
+                lse: torch.Tensor) -> TermValues:  # fmt: skip
+        net, p = self.net, self.params
+        with torch.no_grad():
+            image = net.image_features(x)
+        text_pos = net.encode_classes(net.pos_context).float()
+        text_neg = net.encode_classes(net.neg_context).float()
+        logits_pos = net.logit_scale * image @ text_pos.T
+        logits_neg = net.logit_scale * image @ text_neg.T
+        t = fdbpl.soft_labels(idx, val, lse, net.num_classes, self.labels)
+        if self.variant == "code":
+            w = fdbpl.information_weight(t, fdbpl.CODE_ENTROPY_EPS)
+            values = {"pos": fdbpl.code_positive(logits_pos, t, w), "neg": fdbpl.code_negative(logits_neg, w),
+                      "diff1": fdbpl.code_logit_cosine(logits_pos, logits_neg, w),
+                      "diff2": logits_pos.new_zeros(())}  # fmt: skip
+        else:
+            w = fdbpl.information_weight(t)
+            d1 = fdbpl.first_order(text_pos, text_neg)
+            top = t.argmax(-1)
+            values = {"pos": fdbpl.paper_positive(logits_pos, t, w), "neg": fdbpl.paper_negative(logits_neg, w),
+                      "diff1": fdbpl.paper_diff1(image, d1, top, w, float(p["fdbpl_alpha"])),
+                      "diff2": fdbpl.paper_diff2(image, d1, top, w, float(p["fdbpl_delta"]))}  # fmt: skip
+        return TermValues(values, logits_pos)
 
 
 class WithLaViD(Objective):

@@ -19,6 +19,9 @@ from distill.weights import load_state_dict
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's (most OpenCLIP weights use them too)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 @dataclass(frozen=True)
 class StudentSpec:
@@ -49,10 +52,22 @@ def list_students(pattern: str = "*") -> list[str]:
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
+def is_vlm_student(name: str) -> bool:
+    """``openclip:<model>/<pretrained>`` (any teacher-registry spec): a vision-language model as the student
+    (FDBPL's prompt-learned classifier, distill/vlm_student.py)."""
+    from distill.teachers.registry import list_teachers
+
+    scheme, colon, _ = name.partition(":")
+    return bool(colon) and scheme in {b.scheme for b in list_teachers()}
+
+
 def get_student(name: str) -> StudentSpec:
-    """The registered spec, or an ad-hoc one for any other timm model name."""
+    """The registered spec, or an ad-hoc one for any other timm model name or vision-language model spec."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if is_vlm_student(name):
+        return StudentSpec(name, name, f"vision-language model {name} (prompt-learned classifier)",
+                           mean=CLIP_MEAN, std=CLIP_STD)  # fmt: skip
     if timm.is_model(name):
         return StudentSpec(name, name, f"timm model {name}")
     raise ToolkitError(
@@ -144,12 +159,19 @@ def create_student(
     pretrained: bool = False,
     weights: str | os.PathLike[str] | None = None,
     drop_rate: float = 0.0,
+    config: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Build a student with a ``num_classes`` head.
 
     ``pretrained`` loads ImageNet weights (offline ones where the registry has them, else timm's hub);
     ``weights`` loads a file. A head whose shape differs from ``num_classes`` is re-initialised.
+    A vision-language student (``openclip:...``) takes its weights from its spec; ``config`` is an OpenCLIP
+    model config JSON for an architecture open_clip does not list.
     """
+    if is_vlm_student(name):
+        return _create_vlm_student(name, num_classes, pretrained, weights, drop_rate, config)
+    if config is not None:
+        raise ToolkitError(f"student.config: only vision-language students (openclip:...) take a config, not {name!r}")
     spec = get_student(name)
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     state: dict[str, torch.Tensor] | None = None
@@ -181,6 +203,27 @@ def create_student(
                 f"{source}: does not fit student {name!r} ({len(bad)} missing, unexpected or mis-shaped "
                 f"tensors, e.g. {bad[:4]}); was it saved from another architecture?"
             )
+    return model
+
+
+def _create_vlm_student(name: str, num_classes: int, pretrained: bool, weights: str | os.PathLike[str] | None,
+                        drop_rate: float, config: str | os.PathLike[str] | None) -> nn.Module:  # fmt: skip
+    from distill.teachers.registry import create_teacher
+    from distill.vlm_student import VLMStudent
+
+    if pretrained or drop_rate:
+        key = "student.pretrained" if pretrained else "student.drop_rate"
+        raise ToolkitError(
+            f"{key}: student {name!r} is a vision-language model whose weights its spec names (the part after '/'); "
+            f"remove {key}"
+        )
+    model = VLMStudent(create_teacher(name, config=config), num_classes, name)
+    if weights is not None:
+        state = load_state_dict(weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ToolkitError(f"{weights}: does not fit student {name!r} ({str(exc).splitlines()[0]})") from exc
     return model
 
 

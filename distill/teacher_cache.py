@@ -406,3 +406,20 @@ class CachedCropDataset(torch.utils.data.Dataset):
         box, flip, emb = self.cache.record(i, self.cache.crop_for_epoch(i, self.epoch))
         x = crop_input(self.dataset.image(i), box, flip, self.contract)
         return torch.from_numpy(x), int(self.dataset.labels[i]), torch.from_numpy(np.asarray(emb, np.float32))
+
+
+class CachedTopKDataset(CachedCropDataset):
+    """FDBPL's items: (student input of the cached crop, label, teacher top-K indices, top-K logits, log-sum-exp)."""
+
+    def __init__(self, dataset: Dataset, cache: TeacherCache, contract: Any, epoch: int = 0):
+        super().__init__(dataset, cache, contract, epoch)
+        if not cache.spec.topk:
+            raise ToolkitError(f"{cache.root}: built without top-K logits; rebuild it with --topk K")
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        crop = self.cache.crop_for_epoch(i, self.epoch)
+        box, flip, _ = self.cache.record(i, crop)
+        idx, val, lse = self.cache.topk(i, crop)
+        x = crop_input(self.dataset.image(i), box, flip, self.contract)
+        return (torch.from_numpy(x), int(self.dataset.labels[i]), torch.from_numpy(np.asarray(idx, np.int64)),
+                torch.from_numpy(np.asarray(val, np.float32)), torch.tensor(lse, dtype=torch.float32))  # fmt: skip

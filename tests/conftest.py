@@ -101,3 +101,18 @@ def write_tiny_clip_config(folder: Path) -> Path:
     path = folder / "toolkit-tiny-clip.json"
     path.write_text(json.dumps(TINY_CLIP))
     return path
+
+
+# A second, wider tiny OpenCLIP architecture: FDBPL's vision-language student (its own widths, not the teacher's).
+TINY_CLIP_STUDENT = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 48, "patch_size": 16, "head_width": 24},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 1},
+}
+TINY_CLIP_STUDENT_SPEC = "openclip:toolkit-tiny-clip-student/none"
+
+
+def write_tiny_clip_student_config(folder: Path) -> Path:
+    path = folder / "toolkit-tiny-clip-student.json"
+    path.write_text(json.dumps(TINY_CLIP_STUDENT))
+    return path

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_CLIP_SPEC, write_image_folder, write_tiny_clip_config
+from conftest import (
+    TINY_CLIP_SPEC,
+    TINY_CLIP_STUDENT_SPEC,
+    write_image_folder,
+    write_tiny_clip_config,
+    write_tiny_clip_student_config,
+)
 from typer.testing import CliRunner
 
 from distill.config import DistillConfig
@@ -33,6 +39,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "tmp": tmp,
         "config": write_tiny_clip_config(tmp),
+        "student_config": write_tiny_clip_student_config(tmp),
         "data": write_image_folder(tmp / "train", per_class=6, size=20),
         "test": write_image_folder(tmp / "test", per_class=2, seed=1, size=20),
     }
@@ -59,8 +66,17 @@ def distill_recipe(ws: dict[str, Path], path: Path, method: str, **distill: obje
             **distill,
         },
     }
+    if method in list_methods() and get_method(method).student_kind == "vlm":  # brings its own preprocessing
+        recipe["student"] = {"name": TINY_CLIP_STUDENT_SPEC, "config": str(ws["student_config"])}
+        del recipe["preprocess"]
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def _student_for(ws: dict[str, Path], method: str) -> torch.nn.Module:
+    if get_method(method).student_kind == "vlm":
+        return create_student(TINY_CLIP_STUDENT_SPEC, 4, config=ws["student_config"])
+    return create_student("resnet18", 4)
 
 
 def _extra_for(method: str) -> dict:
@@ -69,7 +85,8 @@ def _extra_for(method: str) -> dict:
 
 def _params_for(method: str) -> dict:
     return {"pand": {"coop_epochs": 1, "coop_n_ctx": 2}, "dait_f": {"it_pretrained": False, "it_model": "resnet18"},
-            "dait_l": {"it_pretrained": False, "it_model": "resnet18"}}.get(method, {})  # fmt: skip
+            "dait_l": {"it_pretrained": False, "it_model": "resnet18"},
+            "fdbpl": {"fdbpl_topk": 3}}.get(method, {})  # fmt: skip
 
 
 @pytest.mark.parametrize("method", list_methods())
@@ -87,7 +104,7 @@ def test_every_method_runs_end_to_end(workspace, tmp_path: Path, method: str) ->
     assert all("val_top1" in r and r["train_loss"] == r["train_loss"] for r in student_rows)
     # Only the student is saved as the student: no alignment MLP, adapter or teacher tensor in it.
     state = load_state_dict(out / "student.safetensors")
-    assert state.keys() == create_student("resnet18", 4).state_dict().keys()
+    assert state.keys() == _student_for(workspace, method).state_dict().keys()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["name"] == method and manifest["status"] == "trained"
     if method == "pand":
@@ -248,6 +265,7 @@ EXPECTED_WEIGHTS = {
     ("dait_l", "intermediate"): {"cls": 0.05, "vis": 0.475, "txt": 0.475},
     ("dait_l", "student"): {"cls": 0.05, "kd": 0.95},
     ("lavid", "student"): {"cls": 1.0, "lavid": 40.0},
+    ("fdbpl", "student"): {"pos": 1.0, "neg": 1.0, "diff1": 0.001, "diff2": 0.1},
 }
 
 

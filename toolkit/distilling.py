@@ -7,6 +7,7 @@ directory is touched. The teacher-output cache is reused when one with the same 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -24,16 +25,19 @@ from distill.engine import write_metrics
 from distill.evaluate import predict_logits
 from distill.lavid.signatures import load_signatures
 from distill.methods.plan import plan_distillation
+from distill.methods.spec import Method
 from distill.progress import Ticker
 from distill.stages import StageEnv, load_intermediate, run_stages
-from distill.students import create_student
-from distill.teacher_cache import CachedCropDataset, TeacherCache, build_cache, cache_spec
+from distill.students import create_student, is_vlm_student
+from distill.teacher_cache import CachedCropDataset, CachedTopKDataset, TeacherCache, build_cache, cache_spec
 from distill.teachers.base import Teacher, prompt_name
 from distill.teachers.coop import load_anchors
+from distill.vlm_student import VLMStudent
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
+from runtime.preprocess import PreprocessContract
 from toolkit.datacheck import check_overlap
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
@@ -51,12 +55,14 @@ def _cache_dir(cfg: DistillConfig, run_dir: Path, key: dict[str, Any]) -> Path:
 
 
 def open_cache(teacher: Teacher, data: Dataset, cfg: DistillConfig, run_dir: Path, console: Console,
-               ctx: DistContext, every_s: float = 30.0) -> TeacherCache:  # fmt: skip
+               ctx: DistContext, every_s: float = 30.0, topk: int = 0,
+               anchors: torch.Tensor | None = None) -> TeacherCache:  # fmt: skip
     """Reuse the cache with this key, or build it: under DDP each rank computes every world_size-th shard
-    (the same bytes a single process writes), then every rank opens the whole cache."""
+    (the same bytes a single process writes), then every rank opens the whole cache. ``topk`` > 0 also stores
+    each crop's top-K logits against ``anchors`` and their log-sum-exp (FDBPL)."""
     c = cfg.cache
     recipe = CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip)
-    key = cache_spec(teacher, data, c.crops, recipe, c.seed, 0, None)
+    key = cache_spec(teacher, data, c.crops, recipe, c.seed, topk, anchors)
     root = _cache_dir(cfg, run_dir, key.to_dict())
     say = console.print if ctx.is_main else (lambda *a, **k: None)
     if (root / "manifest.json").is_file():
@@ -73,7 +79,7 @@ def open_cache(teacher: Teacher, data: Dataset, cfg: DistillConfig, run_dir: Pat
     mine = sum(min((s + 1) * c.shard_size, len(data)) - s * c.shard_size for s in shards)
     label = f"teacher cache: {c.crops} crops/image, {len(shards)} shard(s) on rank {ctx.rank}"
     with Ticker(console, label, mine, every_s, enabled=ctx.is_main) as ticker:
-        build_cache(root, teacher, data, key, None, shard_size=c.shard_size, rank=ctx.rank,
+        build_cache(root, teacher, data, key, anchors, shard_size=c.shard_size, rank=ctx.rank,
                     world_size=ctx.world_size, batch_size=c.batch_size,
                     progress=lambda n: ticker.advance(n, images=n), log=say)  # fmt: skip
     ctx.barrier()
@@ -94,6 +100,42 @@ def lavid_targets(cfg: DistillConfig, names: list[str], prompts: list[str]) -> t
             tokens = text.tokenize(prompts)
             return text.encode_embeddings(text.token_embeddings(tokens), tokens)
     return torch.from_numpy(load_signatures(cfg.lavid.targets, names).table)
+
+
+def check_student_kind(method: Method, student: str, cfg: DistillConfig) -> None:
+    """A vision-language student trains only with a method made for one (FDBPL), and vice versa."""
+    if method.student_kind == "vlm" and not is_vlm_student(student):
+        raise ToolkitError(
+            f"student.name: method {method.name!r} trains a vision-language student (openclip:<model>/<pretrained>, "
+            f"e.g. openclip:ViT-B-32/openai), not the classifier {student!r}"
+        )
+    if method.student_kind != "vlm" and is_vlm_student(student):
+        raise ToolkitError(
+            f"student.name: {student!r} is a vision-language model; method {method.name!r} trains classifiers "
+            "(resnet18, mobilenetv2_100, any timm model); use distill.method: fdbpl for a prompt-learned student"
+        )
+    if method.student_kind == "vlm" and cfg.lavid is not None:
+        raise ToolkitError(f"distill.lavid: method {method.name!r} has no LaViD auxiliary head; remove distill.lavid")
+
+
+def vlm_contract(student: VLMStudent, recipe: Recipe, names: list[str]) -> PreprocessContract:
+    """A vision-language student sees images as its own towers were trained to: its preprocessing is the
+    contract. A preprocess key the recipe sets to something else is an error naming it."""
+    own = student.vlm.contract
+    given = recipe.preprocess
+    for key in sorted(recipe.preprocess_given()):
+        value = getattr(given, key)
+        mine = getattr(own, key)
+        if key == "input_size" and isinstance(value, int):
+            value = (value, value)
+        if key == "resize_size" and isinstance(mine, tuple):
+            mine = mine[0]
+        if value is not None and (tuple(value) if isinstance(value, (list, tuple)) else value) != mine:
+            raise ToolkitError(
+                f"preprocess.{key}: {value!r}, but the vision-language student {student.spec} was trained with "
+                f"{mine!r}; remove preprocess.{key} (its own preprocessing is used)"
+            )
+    return dataclasses.replace(own, class_names=tuple(names))
 
 
 def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, resume: bool = False,
@@ -164,8 +206,20 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
     if cfg.anchors and teacher is not None:
         load_anchors(cfg.anchors, teacher.spec, names)
     s = recipe.student
+    check_student_kind(plan.method, s.name, cfg)
     torch.manual_seed(recipe.seed)
-    student = create_student(s.name, len(names), s.pretrained, s.weights, s.drop_rate)
+    student = create_student(s.name, len(names), s.pretrained, s.weights, s.drop_rate, s.config)
+    topk = 0
+    if plan.method.teacher_outputs == "topk":
+        topk = int(plan.params["fdbpl_topk"])
+        if topk > len(names):
+            raise ToolkitError(
+                f"distill.params.fdbpl_topk: {topk} is more than the {len(names)} classes of {full.name}; "
+                f"set it to at most {len(names)}"
+            )
+    if isinstance(student, VLMStudent):
+        contract = vlm_contract(student, recipe, names)
+        recipe = recipe.with_contract(contract)
 
     if ctx.is_main:
         prepare_run_dir(run_dir, resume, force)
@@ -185,20 +239,21 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         )  # fmt: skip
     ctx.barrier()
 
+    if anchors is None and teacher is not None:
+        with torch.no_grad():
+            anchors = teacher.class_anchors(prompts, cfg.template)
     cache = None
     if teacher is not None:
-        cache = open_cache(teacher, train_set, cfg, run_dir, console, ctx, recipe.train.progress_every_s)
+        cache = open_cache(teacher, train_set, cfg, run_dir, console, ctx, recipe.train.progress_every_s, topk,
+                           anchors if topk else None)  # fmt: skip
     if cache is not None:
-        data: Any = CachedCropDataset(train_set, cache, contract)
+        data: Any = (CachedTopKDataset if topk else CachedCropDataset)(train_set, cache, contract)
         if ctx.is_main:
             update_manifest(run_dir, teacher={"spec": teacher.spec, "cache": str(cache.root),  # type: ignore[union-attr]
                                               "cache_key": cache.spec.to_dict()})  # fmt: skip
     else:
         c = cfg.cache
         data = FreshCropDataset(train_set, CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip), contract, c.seed)
-    if anchors is None and teacher is not None:
-        with torch.no_grad():
-            anchors = teacher.class_anchors(prompts, cfg.template)
 
     env = StageEnv(
         plan, recipe.train, recipe.seed, ctx, run_dir, console, names, prompts, cfg.template, contract, data,

@@ -49,7 +49,8 @@ def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict
         raise ToolkitError(f"{weights}: no preprocessing contract in its metadata; it was not written by toolkit")
     contract = PreprocessContract.from_json(meta["preprocess"])
     recipe = yaml.safe_load(config.read_text())
-    model = create_student(recipe["student"]["name"], len(contract.class_names))
+    model = create_student(recipe["student"]["name"], len(contract.class_names),
+                           config=recipe["student"].get("config"))  # fmt: skip
     arch = read_architecture(run_dir)
     if arch is not None:  # a pruned run: the registry's model, resized to the pruned shapes
         apply_architecture(model, arch)

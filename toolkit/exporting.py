@@ -10,6 +10,7 @@ from typing import Any
 import onnx
 from rich.console import Console
 
+from distill.vlm_student import VLMStudent
 from export.calibration import calibration_batches
 from export.fp16_export import CONVERTER, to_fp16
 from export.guard import calibration_spread, guarded_quantize, sensitivity_entry
@@ -114,6 +115,11 @@ def run_export(
     if resume and recover == "none":
         raise ToolkitError("--resume continues an interrupted QAD fine-tuning; add --recover qad")
     model, contract, raw = load_run_student(run_dir)
+    if recover != "none" and isinstance(model, VLMStudent):
+        raise ToolkitError(
+            f"--recover {recover}: {run_dir} holds a vision-language student ({model.spec}) whose towers are frozen; "
+            "QAD fine-tunes classifiers. Export it with PTQ (--keep-float / --max-float-layers for accuracy)"
+        )
     recipe = Recipe.model_validate(raw)
     train_set, val_set = run_splits(recipe, console)
     held_out = val_set.subset(range(min(held_out_images, len(val_set))))

@@ -27,6 +27,7 @@ from distill.objectives import CE_TERM, CrossEntropy, Objective
 from distill.pruning import ARCHITECTURE, architecture, prune_channels, recalibrate_batchnorm
 from distill.recovery import CachedLogitsKD, FlipViews, teacher_views
 from distill.transforms import eval_transform
+from distill.vlm_student import VLMStudent
 from distill.weights import save_state_dict
 from runtime.artifacts import UNPRUNED
 from runtime.atomic import write_json, write_text
@@ -60,6 +61,8 @@ def run_prune(
     if out_dir.resolve() == run_dir.resolve():
         raise ToolkitError(f"--out {out_dir}: the pruned run needs its own directory, not the run it prunes")
     model, contract, raw = load_run_student(run_dir)
+    if isinstance(model, VLMStudent):
+        raise ToolkitError(f"{run_dir}: a vision-language student ({model.spec}) is not pruned; prune classifiers")
     recipe = Recipe.model_validate(raw)
     splits = recipe_splits(recipe, console)
     if splits.val is None:

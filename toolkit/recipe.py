@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distill.config import DistillConfig, StrictModel, StudentConfig, TrainConfig
 from distill.methods.plan import plan_distillation
@@ -172,6 +181,7 @@ class Recipe(StrictModel):
     prune: PruneStepConfig | None = Field(None, description="structured pruning + recovery (toolkit prune)")
     export: ExportStepConfig = ExportStepConfig()
     bench: BenchStepConfig = BenchStepConfig()
+    _preprocess_given: set[str] | None = PrivateAttr(None)
 
     @field_validator("name")
     @classmethod
@@ -191,7 +201,28 @@ class Recipe(StrictModel):
             "mean": pre.mean or mean,
             "std": pre.std or std,
         }
-        return self.model_copy(update={"preprocess": pre.model_copy(update=updates)})
+        out = self.model_copy(update={"preprocess": pre.model_copy(update=updates)})
+        out._preprocess_given = self.preprocess_given()
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        """Two recipes are equal when their settings are (which keys were given explicitly does not count)."""
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def preprocess_given(self) -> set[str]:
+        """The preprocess keys the recipe itself sets (not filled by ``resolved``)."""
+        given = self._preprocess_given
+        return set(self.preprocess.model_fields_set if given is None else given)
+
+    def with_contract(self, contract: PreprocessContract) -> Recipe:
+        """This recipe with its preprocess section set to ``contract`` (a vision-language student's own)."""
+        c = contract.to_dict()
+        pre = PreprocessConfig(**{k: c[k] for k in PreprocessConfig.model_fields})
+        out = self.model_copy(update={"preprocess": pre})
+        out._preprocess_given = self.preprocess_given()
+        return out
 
     def contract(self, class_names: list[str]) -> PreprocessContract:
         r = self.resolved().preprocess

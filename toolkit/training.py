@@ -16,7 +16,7 @@ from distill.engine import train, write_metrics
 from distill.evaluate import classifier_validator
 from distill.objectives import CrossEntropy
 from distill.precision import resolve_channels_last, resolve_precision
-from distill.students import create_student
+from distill.students import create_student, is_vlm_student
 from distill.transforms import TrainTransform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
@@ -81,6 +81,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
     test = data_cfg.open_test(full.class_names)
     leak = check_overlap(full, test, console, show=ctx.is_main)
     s = recipe.student
+    if is_vlm_student(s.name):
+        raise ToolkitError(
+            f"student.name: {s.name!r} is a vision-language model; it trains with `toolkit distill` "
+            "(distill.method: fdbpl), not with `toolkit train`"
+        )
     torch.manual_seed(recipe.seed)  # the student's initial weights
     model = create_student(s.name, len(full.class_names), s.pretrained, s.weights, s.drop_rate)
     # Bad data or weights surface above, before anything is written: no half-made run directory.

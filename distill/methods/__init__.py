@@ -4,4 +4,4 @@ A new method is one more module here: ``register_method(Method(...))`` with its 
 and objective factories, and one line below.
 """
 
-from distill.methods import baselines, dait, lavid, pand, vl2lite  # noqa: F401  (register the built-in methods)
+from distill.methods import baselines, dait, fdbpl, lavid, pand, vl2lite  # noqa: F401  (register the built-in methods)

@@ -15,8 +15,10 @@ from runtime.errors import ToolkitError, did_you_mean
 # What a recipe may give instead of running the stage that would produce it.
 SUPPLIED_BY = {"anchors": "distill.anchors", "intermediate_teacher": "distill.intermediate_teacher"}
 CHOICES = {"reduction": ("vl2lite", "pand"), "nsd_mode": ("sample_neighbors", "class_margin"),
-           "coop_features": ("crops", "eval")}  # fmt: skip
+           "coop_features": ("crops", "eval"), "fdbpl_variant": ("code", "paper"),
+           "fdbpl_labels": ("ms", "mr")}  # fmt: skip
 WHOLE_POSITIVE = {"nsd_group"}  # null (the default) or a count
+AT_LEAST_ONE = {"fdbpl_topk"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ def _params(method: Method, overrides: dict[str, Any]) -> dict[str, Any]:
             raise ToolkitError(f"distill.params.{key}: expected a whole number >= 1 or null, got {value!r}")
         if key in WHOLE_POSITIVE and value is not None:
             value = int(value)
+        if key in AT_LEAST_ONE and (value is None or value < 1):
+            raise ToolkitError(f"distill.params.{key}: expected a whole number >= 1, got {value!r}")
         if isinstance(default, str) and not isinstance(value, str):
             raise ToolkitError(f"distill.params.{key}: expected a string, got {value!r}")
         params[key] = value
@@ -138,4 +142,7 @@ def plan_distillation(cfg: DistillConfig) -> Plan:
         raise ToolkitError("distill.lavid: method 'lavid' needs distill.lavid.targets (toolkit lavid signatures)")
     if cfg.cache.scale[0] <= 0 or cfg.cache.scale[0] > cfg.cache.scale[1] or cfg.cache.scale[1] > 1:
         raise ToolkitError(f"distill.cache.scale: {list(cfg.cache.scale)} must satisfy 0 < min <= max <= 1")
-    return Plan(method, _params(method, cfg.params), _stages(method, cfg))
+    params = _params(method, cfg.params)
+    if method.check is not None:
+        method.check(params)
+    return Plan(method, params, _stages(method, cfg))

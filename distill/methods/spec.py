@@ -72,6 +72,10 @@ class Method:
     stages: tuple[Stage, ...]
     params: dict[str, Any] = field(default_factory=dict)
     needs_teacher: bool = True
+    student_kind: Literal["classifier", "vlm"] = "classifier"  # vlm: a vision-language student (openclip:...)
+    teacher_outputs: Literal["embeddings", "topk"] = "embeddings"  # topk: the cache stores top-K logits + LSE
+    check: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False, repr=False)
+    # ^ raises ToolkitError for a combination of hyperparameters that cannot train (checked before any work)
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -86,6 +90,8 @@ class Method:
             "summary": self.summary,
             "paper": self.paper,
             "needs_teacher": self.needs_teacher,
+            "student_kind": self.student_kind,
+            "teacher_outputs": self.teacher_outputs,
             "params": dict(self.params),
             "stages": [
                 {
