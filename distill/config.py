@@ -185,6 +185,11 @@ class DistillConfig(StrictModel):
     anchors: str | None = Field(None, description="calibrated anchors (.safetensors); replaces the template (PSC)")
     intermediate_teacher: str | None = Field(None, description="trained DAIT intermediate teacher; skips its stage")
     shots: int = Field(0, ge=0, description="images per class kept from the training split (0 = all)")
+    classes: Literal["all", "base"] = Field(
+        "all",
+        description="base: train on the first half of the classes only and report base, new and harmonic-mean "
+        "top-1 (CoOp/FDBPL base-to-new protocol; vision-language students)",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="overrides of the method's hyperparameters")
     stages: list[StageConfig] | None = Field(None, description="default: every stage of the method, in its order")
     cache: CacheConfig = CacheConfig()

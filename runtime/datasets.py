@@ -147,3 +147,41 @@ class SubsetDataset(Dataset):
         h = hashlib.sha256(self.base.fingerprint().encode())
         h.update(np.ascontiguousarray(self.indices).tobytes())
         return h.hexdigest()
+
+
+@dataclass
+class ClassSubsetDataset(Dataset):
+    """The items of ``base`` whose class is one of ``classes`` (indices into base.class_names), relabelled
+    0..len(classes)-1 in that order: CoOp/FDBPL's base and new halves of a dataset."""
+
+    base: Dataset
+    classes: list[int]
+    name: str = field(init=False)
+    class_names: list[str] = field(init=False)
+    labels: np.ndarray = field(init=False)
+    indices: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        position = np.full(len(self.base.class_names), -1, np.int64)
+        position[np.asarray(self.classes, np.int64)] = np.arange(len(self.classes))
+        self.indices = np.flatnonzero(position[self.base.labels] >= 0)
+        self.name = self.base.name
+        self.class_names = [self.base.class_names[c] for c in self.classes]
+        self.labels = position[self.base.labels[self.indices]]
+
+    def image(self, index: int) -> Image.Image:
+        return self.base.image(int(self.indices[index]))
+
+    def describe(self, index: int) -> str:
+        return self.base.describe(int(self.indices[index]))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(self.base.fingerprint().encode())
+        h.update(np.asarray(self.classes, np.int64).tobytes())
+        return h.hexdigest()
+
+
+def base_new_classes(num_classes: int) -> tuple[list[int], list[int]]:
+    """CoOp's base-to-new split: the first ceil(C/2) classes are base, the rest new."""
+    m = -(-num_classes // 2)
+    return list(range(m)), list(range(m, num_classes))

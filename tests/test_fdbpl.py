@@ -191,6 +191,13 @@ def test_class_embeddings_follow_the_positive_context(clips) -> None:
     x = torch.randn(2, 3, 32, 32)
     expected = student.logit_scale * student.image_features(x) @ student.class_embeddings.T
     torch.testing.assert_close(student(x), expected)
+    # Base-to-new: for a while a classifier of other class names, then back to its own classes.
+    with student.classifying(["cyan", "magenta", "black", "white"]) as other:
+        other.eval()  # eval() must not re-embed the training classes inside
+        new = torch.nn.functional.normalize(student.encode_classes(student.pos_context, ["cyan", "magenta", "black",
+                                                                                        "white"]), dim=-1)  # fmt: skip
+        torch.testing.assert_close(other(x), student.logit_scale * student.image_features(x) @ new.T)
+    torch.testing.assert_close(student(x), expected)
     # A context of another length (another initialisation text) loads into a fresh student.
     state = {**student.state_dict(), "neg_context": torch.randn(6, student.neg_context.shape[1])}
     fresh = tiny_student(clips)
@@ -257,6 +264,37 @@ def test_distill_export_int8_end_to_end(clips, tmp_path: Path) -> None:
     assert isinstance(res.exception, ToolkitError) and "trains with `toolkit distill`" in str(res.exception)
 
 
+def test_base_to_new_trains_on_base_classes_and_scores_the_new_ones(clips, tmp_path: Path) -> None:
+    from distill.evaluate import predict_logits
+    from runtime.datasets import ClassSubsetDataset
+    from runtime.preprocess import PreprocessContract
+    from runtime.sources import DataSource
+
+    run = tmp_path / "run"
+    recipe = fdbpl_recipe(clips, tmp_path / "r.yaml", distill__classes="base", distill__params={"fdbpl_topk": 2})
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(run)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    metrics = json.loads((run / "metrics.json").read_text())
+    b2n = metrics["base_to_new"]
+    assert b2n["new_classes"] == ["red", "yellow"] and b2n["base_n"] == 8 and b2n["new_n"] == 8
+    pre = json.loads((run / "preprocess.json").read_text())
+    assert pre["class_names"] == ["blue", "green"]  # the student knows the base half only
+    assert metrics["test_top1"] == b2n["learned"]["base_top1"]
+    # The new classes' top-1, recomputed here: the learned positive context embeds "red." and "yellow.".
+    student = create_student(TINY_CLIP_STUDENT_SPEC, 2, config=clips["student"])
+    student.load_state_dict(load_state_dict(run / "student.safetensors"))
+    test = DataSource("imagefolder", str(clips["tmp"] / "test")).open()
+    new = ClassSubsetDataset(test, [2, 3])
+    with torch.no_grad():
+        student.class_embeddings = torch.nn.functional.normalize(
+            student.encode_classes(student.pos_context, ["red", "yellow"]), dim=-1)  # fmt: skip
+    logits = predict_logits(student.eval(), new, PreprocessContract.from_dict(pre))
+    assert b2n["learned"]["new_top1"] == pytest.approx(float((logits.argmax(1) == new.labels).mean()))
+    a, b = b2n["learned"]["base_top1"], b2n["learned"]["new_top1"]
+    assert b2n["learned"]["hm"] == pytest.approx(2 * a * b / (a + b) if a + b else 0.0)
+    assert set(b2n["initial"]) == {"base_top1", "new_top1", "hm"}
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -268,6 +306,8 @@ def test_distill_export_int8_end_to_end(clips, tmp_path: Path) -> None:
         ({"distill__params": {"fdbpl_variant": "papr"}}, "fdbpl_variant: 'papr' is not one of"),
         ({"preprocess": {"input_size": 64}}, "preprocess.input_size: .* trained with \\(32, 32\\)"),
         ({"student__pretrained": True}, "student.pretrained: .* vision-language model"),
+        ({"student": {"name": "resnet18"}, "distill__method": "kd", "distill__params": {}, "distill__classes": "base",
+          "preprocess": {"input_size": 16}}, "distill.classes: 'base' holds half the classes back"),
     ],
 )
 def test_bad_fdbpl_recipes_fail_before_training(clips, tmp_path: Path, changes: dict, message: str) -> None:

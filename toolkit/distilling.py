@@ -35,7 +35,7 @@ from distill.teachers.coop import load_anchors
 from distill.vlm_student import VLMStudent
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
-from runtime.datasets import Dataset
+from runtime.datasets import ClassSubsetDataset, Dataset, base_new_classes
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
 from toolkit.datacheck import check_overlap
@@ -114,6 +114,12 @@ def check_student_kind(method: Method, student: str, cfg: DistillConfig) -> None
             f"student.name: {student!r} is a vision-language model; method {method.name!r} trains classifiers "
             "(resnet18, mobilenetv2_100, any timm model); use distill.method: fdbpl for a prompt-learned student"
         )
+    if method.student_kind != "vlm" and cfg.classes == "base":
+        raise ToolkitError(
+            f"distill.classes: 'base' holds half the classes back for zero-shot evaluation, which only a "
+            f"vision-language student can do (method fdbpl); method {method.name!r} trains a classifier of the "
+            "classes it sees: remove distill.classes"
+        )
     if method.student_kind == "vlm" and cfg.lavid is not None:
         raise ToolkitError(f"distill.lavid: method {method.name!r} has no LaViD auxiliary head; remove distill.lavid")
 
@@ -136,6 +142,30 @@ def vlm_contract(student: VLMStudent, recipe: Recipe, names: list[str]) -> Prepr
                 f"{mine!r}; remove preprocess.{key} (its own preprocessing is used)"
             )
     return dataclasses.replace(own, class_names=tuple(names))
+
+
+def base_to_new(student: VLMStudent, base: Dataset, new: Dataset, initial: torch.Tensor | None,
+                contract: PreprocessContract, recipe: Recipe, console: Console) -> dict[str, Any]:  # fmt: skip
+    """Top-1 on the base classes (among base) and on the held-back new classes (among new, embedded with the
+    learned prompt), their harmonic mean, and the same with the initial hand-written prompt for reference."""
+
+    def top1(dataset: Dataset, context: torch.Tensor | None) -> float:
+        names = dataset.class_names
+        prompts = [prompt_name(n) for n in names] if recipe.distill and recipe.distill.prompt_names else names
+        with student.classifying(list(prompts), context):
+            logits = predict_logits(student, dataset, contract, recipe.train.eval_batch_size, torch.device("cpu"))
+        return float((logits.argmax(1) == dataset.labels).mean())
+
+    def hm(a: float, b: float) -> float:
+        return 2 * a * b / (a + b) if a + b else 0.0
+
+    out: dict[str, Any] = {"new_classes": list(new.class_names), "base_n": len(base), "new_n": len(new)}
+    for label, context in (("learned", None), ("initial", initial)):
+        b, n = top1(base, context), top1(new, context)
+        out[label] = {"base_top1": b, "new_top1": n, "hm": hm(b, n)}
+        console.print(f"base-to-new ({label} prompt): base {b:.4f}, new {n:.4f}, harmonic mean {hm(b, n):.4f} "
+                      f"({len(base)} / {len(new)} test images)")  # fmt: skip
+    return out
 
 
 def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, resume: bool = False,
@@ -186,8 +216,12 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
             + (f"; first differences {', '.join(diff[:4])}" if diff else "")
         )
     contract = recipe.contract(names)
-    test = data_cfg.open_test(names)
+    test = data_cfg.open_test(names + splits.new_classes)
     leak = check_overlap(full, test, console, show=ctx.is_main)
+    new_test = None
+    if splits.new_classes and test is not None:  # base-to-new: the test set's base and new halves
+        base, rest = base_new_classes(len(test.class_names))
+        test, new_test = ClassSubsetDataset(test, base), ClassSubsetDataset(test, rest)
     anchors = None
     if cfg.anchors:
         anchors, _ = load_anchors(cfg.anchors, None, names)
@@ -261,6 +295,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         cfg.lavid.weight if cfg.lavid else 0.0, resume,
         (lambda rows: write_metrics(run_dir / "metrics.jsonl", rows)) if ctx.is_main else None,
     )  # fmt: skip
+    initial_context = student.pos_context.detach().clone() if isinstance(student, VLMStudent) else None
     result = run_stages(env)
     if not ctx.is_main:
         return {}
@@ -283,6 +318,8 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         report = evaluate_student(student, test, contract, run_dir, recipe.train.eval_batch_size, torch.device("cpu"))
         metrics.update(test_top1=report["top1"], test_name=test.name)
         console.print(f"test top-1 on {test.name} ({report['n']} images, not used for selection): {report['top1']:.4f}")
+    if new_test is not None and isinstance(student, VLMStudent):
+        metrics["base_to_new"] = base_to_new(student, test, new_test, initial_context, contract, recipe, console)
     write_json(run_dir / "metrics.json", metrics)
     update_manifest(run_dir, status="trained", results=metrics)
     return metrics
