@@ -97,6 +97,17 @@ def test_soft_labels_from_top_k_and_log_sum_exp(mode: str) -> None:
     torch.testing.assert_close(got.sum(-1), torch.ones(2))
 
 
+def test_a_tail_that_rounds_to_zero_keeps_the_reverse_kl_finite() -> None:
+    """Regression: fp16 top-K logits whose probabilities sum to 1 left an MS tail of exactly 0, and the code
+    variant's KL(p || t) was infinite at the first step on Fashion-MNIST."""
+    idx, val = torch.tensor([[0, 1]]), torch.tensor([[40.0, 10.0]], dtype=torch.float16).float()
+    lse = torch.logsumexp(val, -1)  # as if the other classes had no mass at all
+    t = fdbpl.soft_labels(idx, val, lse, 5, "ms")
+    assert (t[0, 2:] >= fdbpl.MS_FLOOR * 0.99).all() and t.sum().item() == pytest.approx(1.0)
+    loss = fdbpl.code_positive(torch.randn(1, 5), t, torch.ones(1))
+    assert torch.isfinite(loss)
+
+
 def test_code_variant_terms_by_hand() -> None:
     t, zp, zn = tensors()
     w = fdbpl.information_weight(t, fdbpl.CODE_ENTROPY_EPS)
@@ -294,6 +305,22 @@ def test_base_to_new_trains_on_base_classes_and_scores_the_new_ones(clips, tmp_p
     assert b2n["learned"]["hm"] == pytest.approx(2 * a * b / (a + b) if a + b else 0.0)
     assert set(b2n["initial"]) == {"base_top1", "new_top1", "hm"}
 
+    # `toolkit classes`: the held-back classes join the classifier without retraining, as rows embedded by the
+    # learned prompt; the new run is evaluated on the whole test set and exports like any run.
+    res = runner.invoke(app, ["classes", str(run), "--add", "red,yellow", "--out", str(tmp_path / "all")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    grown = load_state_dict(tmp_path / "all" / "student.safetensors")
+    torch.testing.assert_close(
+        grown["class_embeddings"][:2], load_state_dict(run / "student.safetensors")["class_embeddings"]
+    )
+    torch.testing.assert_close(grown["class_embeddings"][2:], student.class_embeddings)
+    all_metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
+    assert all_metrics["classes"]["classes"] == ["blue", "green", "red", "yellow"] and "test_top1" in all_metrics
+    for add, message in (("red", "already among the run's classes"), ("pink,pink", "given twice"), (",", "non-empty")):
+        res = runner.invoke(app, ["classes", str(tmp_path / "all"), "--add", add, "--out", str(tmp_path / "x")])
+        assert isinstance(res.exception, ToolkitError) and message in str(res.exception), res.output
+    assert not (tmp_path / "x").exists()
+
 
 @pytest.mark.parametrize(
     ("changes", "message"),
@@ -306,8 +333,16 @@ def test_base_to_new_trains_on_base_classes_and_scores_the_new_ones(clips, tmp_p
         ({"distill__params": {"fdbpl_variant": "papr"}}, "fdbpl_variant: 'papr' is not one of"),
         ({"preprocess": {"input_size": 64}}, "preprocess.input_size: .* trained with \\(32, 32\\)"),
         ({"student__pretrained": True}, "student.pretrained: .* vision-language model"),
-        ({"student": {"name": "resnet18"}, "distill__method": "kd", "distill__params": {}, "distill__classes": "base",
-          "preprocess": {"input_size": 16}}, "distill.classes: 'base' holds half the classes back"),
+        (
+            {
+                "student": {"name": "resnet18"},
+                "distill__method": "kd",
+                "distill__params": {},
+                "distill__classes": "base",
+                "preprocess": {"input_size": 16},
+            },
+            "distill.classes: 'base' holds half the classes back",
+        ),
     ],
 )
 def test_bad_fdbpl_recipes_fail_before_training(clips, tmp_path: Path, changes: dict, message: str) -> None:

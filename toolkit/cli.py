@@ -459,6 +459,23 @@ def prune(
 
 
 @app.command()
+def classes(
+    run: Annotated[Path, typer.Argument(help="A run whose student is a vision-language model (distill.method fdbpl).")],
+    add: Annotated[str, typer.Option(help="Class names to add, comma-separated (e.g. 'Sneaker,Ankle boot').")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="New run directory (default RUN-classes).")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite the output directory.")] = False,
+) -> None:
+    """Add class names to a prompt-learned vision-language student without retraining: its learned prompt embeds
+    them, into a new run directory that export, eval, bench and report take."""
+    from toolkit.classes import run_add_classes
+
+    out_dir = out_dir or run.with_name(f"{run.name}-classes")
+    with _locked(out_dir):
+        metrics = run_add_classes(run, add.split(","), out_dir, force, console)
+    console.print(f"run with {len(metrics['classes']['classes'])} classes: {out_dir}")
+
+
+@app.command()
 def engine(
     run: Annotated[Path, typer.Argument(help="An exported run directory (model.int8.tensorrt.onnx, model.fp16.onnx).")],
 ) -> None:

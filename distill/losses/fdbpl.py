@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 CODE_ENTROPY_EPS = 1e-6  # the released code's log(p + 1e-6) in the teacher entropy
+MS_FLOOR = 1e-8  # smallest MS probability of a class outside the top-K
 
 
 def soft_labels(indices: torch.Tensor, values: torch.Tensor, lse: torch.Tensor, num_classes: int,
@@ -29,6 +30,9 @@ def soft_labels(indices: torch.Tensor, values: torch.Tensor, lse: torch.Tensor, 
         return out.scatter(-1, indices.long(), torch.softmax(values.double(), dim=-1)).float()
     top = torch.exp(values.double() - lse.double().unsqueeze(-1))
     tail = (1.0 - top.sum(-1)).clamp_min(0.0) / max(num_classes - k, 1)
+    # fp16 top-K logits resolve the tail mass to ~1e-3 of the LSE only: a tail that rounds to zero would make
+    # KL(p || t) infinite, so each tail class keeps at least MS_FLOOR (then the row is renormalised).
+    tail = tail.clamp_min(MS_FLOOR)
     out = tail.unsqueeze(-1).expand(*indices.shape[:-1], num_classes).clone()
     out = out.scatter(-1, indices.long(), top)
     return (out / out.sum(-1, keepdim=True)).float()
