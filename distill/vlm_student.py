@@ -8,9 +8,6 @@ Any model the teacher registry builds (``openclip:<model>/<pretrained>``, ``cons
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,20 +85,6 @@ class VLMStudent(nn.Module):
         if not mode:
             self.refresh()
         return self
-
-    @contextmanager
-    def classifying(self, prompts: list[str], context: torch.Tensor | None = None) -> Iterator[VLMStudent]:
-        """Temporarily a classifier of other classes (new ones: base-to-new evaluation), embedded with
-        ``context`` (default: the learned positive one)."""
-        saved = self.class_embeddings, self.prompts, self._tokens
-        with torch.no_grad():
-            ctx = self.pos_context if context is None else context.to(self.pos_context)
-            self.class_embeddings = F.normalize(self.encode_classes(ctx, prompts).float(), dim=-1)
-        self.prompts = None  # eval() must not re-embed the training classes meanwhile
-        try:
-            yield self
-        finally:
-            self.class_embeddings, self.prompts, self._tokens = saved
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vlm.encode_image(x).float(), dim=-1)

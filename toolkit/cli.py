@@ -201,6 +201,10 @@ def methods(
         return
     m = get_method(name)
     out.print(f"{m.name}: {m.summary} [{m.paper}]")
+    if m.student_kind == "vlm":
+        out.print("  student: a vision-language model (student.name: openclip:<model>/<pretrained> or conse:...)")
+    if m.teacher_outputs == "topk":
+        out.print("  teacher cache: top-K logits + log-sum-exp per crop (distill.params.fdbpl_topk)")
     for s in m.stages:
         out.print(f"  stage {s.name} ({s.kind}): {s.description}")
         out.print(f"    trains: {', '.join(s.trains)}")
