@@ -37,13 +37,12 @@ class VLMStudent(nn.Module):
     """``vlm`` frozen; ``pos_context`` / ``neg_context`` train; ``class_embeddings`` (C, D) follow the positive
     context whenever the model is put in eval mode (``set_classes`` names the classes)."""
 
-    def __init__(self, vlm: Teacher, num_classes: int, spec: str, pos_init: str = POSITIVE_INIT,
-                 neg_init: str = NEGATIVE_INIT) -> None:  # fmt: skip
+    def __init__(self, vlm: Teacher, num_classes: int, spec: str) -> None:
         super().__init__()
         self.vlm = vlm.requires_grad_(False).eval()
         self.spec = spec
-        self.pos_context = nn.Parameter(init_context(vlm, pos_init))
-        self.neg_context = nn.Parameter(init_context(vlm, neg_init))
+        self.pos_context = nn.Parameter(init_context(vlm, POSITIVE_INIT))
+        self.neg_context = nn.Parameter(init_context(vlm, NEGATIVE_INIT))
         self.register_buffer("class_embeddings", torch.zeros(num_classes, vlm.embed_dim))
         self.register_buffer("logit_scale", torch.tensor(float(vlm.logit_scale)))
         self.prompts: list[str] | None = None
@@ -60,18 +59,18 @@ class VLMStudent(nn.Module):
         self.prompts, self._tokens = list(prompts), {}
 
     def encode_classes(self, context: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        """(C, D) normalised text embeddings of "<context> <class name>." for every class."""
-        names = prompts if prompts is not None else self.prompts
-        if names is None:
-            raise ToolkitError(f"{self.spec}: no class names set (set_classes)")
+        """(C, D) normalised text embeddings of "<context> <class name>." for ``prompts`` (default: the classes
+        the student was set to; their tokens are kept)."""
         n = int(context.shape[0])
-        if prompts is not None or n not in self._tokens:
-            tokens = self.vlm.context_prompts(names, CLASS_TEMPLATE, n)
-            if prompts is not None:
-                return self.vlm.encode_with_context(context, {k: v.to(context.device) for k, v in tokens.items()})
-            self._tokens[n] = tokens
-        tokens = {k: v.to(context.device) for k, v in self._tokens[n].items()}
-        return self.vlm.encode_with_context(context, tokens)
+        if prompts is not None:
+            tokens = self.vlm.context_prompts(prompts, CLASS_TEMPLATE, n)
+        elif self.prompts is None:
+            raise ToolkitError(f"{self.spec}: no class names set (set_classes)")
+        else:
+            if n not in self._tokens:
+                self._tokens[n] = self.vlm.context_prompts(self.prompts, CLASS_TEMPLATE, n)
+            tokens = self._tokens[n]
+        return self.vlm.encode_with_context(context, {k: v.to(context.device) for k, v in tokens.items()})
 
     @torch.no_grad()
     def refresh(self) -> None:

@@ -150,9 +150,10 @@ def full_runs(ws: dict[str, Path]) -> dict[str, Path]:
 FIRST = {"pand": "psc", "dait_f": "intermediate"}
 
 
-@pytest.mark.parametrize(("method", "stage"), [("pand", "psc"), ("pand", "between"), ("pand", "student"),
-                                               ("dait_f", "intermediate"), ("dait_f", "between"),
-                                               ("dait_f", "student")])  # fmt: skip
+# One case per mechanism (each stage kind, and between stages): the suite's time budget. The student stage of
+# DAIT and the gap after PAND's PSC exercise the same code paths as the cases kept.
+@pytest.mark.parametrize(("method", "stage"), [("pand", "psc"), ("pand", "student"), ("dait_f", "intermediate"),
+                                               ("dait_f", "between")])  # fmt: skip
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(ws, full_runs, tmp_path: Path, method, stage) -> None:
     rng = random.Random(f"{method}/{stage}")
     epoch, step = rng.randrange(2), rng.randrange(1, 3)  # steps/epoch: 6 (student, IT), 6 (PSC, batch 8)
