@@ -198,6 +198,17 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             else f"TensorRT engine: not built here: {engine.get('reason')}."
         )
     out.append(("Export decisions", "\n\n".join(body) or "Not exported yet: run `toolkit export RUN --int8`."))
+    b2n = report["training"]["final"].get("base_to_new")
+    if b2n:
+        rows = [[label, _pct(b2n[label]["base_top1"]), _pct(b2n[label]["new_top1"]), _pct(b2n[label]["hm"])]
+                for label in ("initial", "learned") if label in b2n]  # fmt: skip
+        out.append((
+            "Base-to-new",
+            f"Trained on the base classes; the new ones ({', '.join(b2n['new_classes'])}) are classified zero-shot "
+            f"among themselves with the prompt ({b2n['base_n']} base / {b2n['new_n']} new test images; add them "
+            "to the classifier with `toolkit classes`):\n\n"
+            + _table(["prompt", "base top-1 %", "new top-1 %", "harmonic mean %"], rows),
+        ))  # fmt: skip
     hist = report["training"]["history"]
     if hist:
         staged = any("stage" in h for h in hist)  # `toolkit distill` runs: one row per epoch of each stage

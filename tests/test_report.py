@@ -122,6 +122,17 @@ def test_report_sections_from_run_files(tmp_path: Path) -> None:
     assert ladder["teacher"]["top1"] == 1.0 and "different image sets" in ladder["student"]["note"]
 
 
+def test_a_base_to_new_run_reports_base_new_and_harmonic_mean(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    b2n = {"new_classes": ["Sandal", "Bag"], "base_n": 50, "new_n": 40,
+           "learned": {"base_top1": 0.8, "new_top1": 0.6, "hm": 0.6857},
+           "initial": {"base_top1": 0.7, "new_top1": 0.65, "hm": 0.6741}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps({"test_top1": 0.8, "base_to_new": b2n}))
+    md = render(build_report(run), run)["markdown"].read_text()
+    assert "## Base-to-new" in md and "(Sandal, Bag)" in md
+    assert "| learned | 80.00 | 60.00 | 68.57 |" in md and "| initial | 70.00 | 65.00 | 67.41 |" in md
+
+
 def test_a_pruned_runs_ladder_shows_the_student_before_pruning(tmp_path: Path) -> None:
     run = fake_run(tmp_path)
     student = np.load(run / "eval/fake-test/logits.npy")
