@@ -419,3 +419,32 @@ def test_export_with_modelopt_as_the_tensorrt_writer(run_dir: Path, tmp_path: Pa
     proto = onnx.load(str(run / "model.int8.tensorrt.onnx"))
     assert conv in qdq_form(proto)["float_ops"] and qdq_form(proto)["quantized_ops"] > 0
     assert {p.key: p.value for p in proto.metadata_props}["toolkit.guard"] == "PASS"
+
+
+def test_a_changed_model_onnx_drops_what_was_made_from_the_old_one(tmp_path: Path) -> None:
+    """Regression: re-exporting a retrained student without --int8 left the old INT8 files and manifest entries,
+    and eval/bench measured them as this student's."""
+    from rich.console import Console
+
+    from toolkit.exporting import drop_stale_exports
+
+    for name in ("model.int8.onnx", "model.fp16.onnx", "model.int8.openvino.xml", "model.int8.openvino.bin",
+                 "model.int8.tensorrt.onnx", "model.int8.h100.engine", "model.pte"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"x")
+    old = {
+        "onnx": {"file": "model.onnx", "sha256": "old"},
+        "calibration": {"images": 64},
+        "int8_onnxruntime": {"file": "model.int8.onnx"},
+        "fp16": {"file": "model.fp16.onnx"},
+        "int8_openvino": {"file": "model.int8.openvino.xml"},
+        "int8_tensorrt": {"file": "model.int8.tensorrt.onnx", "engine": {"file": "model.int8.h100.engine"}},
+        "executorch": {"file": "model.pte"},
+    }
+    quiet = Console(quiet=True)
+    same = {"onnx": {"file": "model.onnx", "sha256": "old"}, "fp16": {"file": "model.fp16.onnx"}}
+    assert drop_stale_exports(tmp_path, old, same, quiet) == old  # the same graph: earlier artifacts still hold
+    assert all((tmp_path / n).exists() for n in ("model.int8.onnx", "model.int8.h100.engine"))
+    new = {"onnx": {"file": "model.onnx", "sha256": "new"}, "fp16": {"file": "model.fp16.onnx"}}
+    kept = drop_stale_exports(tmp_path, old, new, quiet)
+    assert set(kept) == {"onnx", "fp16"}  # rewritten by this export (the caller updates them)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.onnx"]

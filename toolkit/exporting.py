@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -232,7 +233,7 @@ def run_export(
             recovered = {INT8_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] == "PASS"}
             failed = [f for f in failed if f not in recovered]
             failed += [QAD_FILES[t] for t in wanted if qad[QAD_KEYS[t]]["guard"]["verdict"] != "PASS"]
-    exports = read_manifest(run_dir).get("exports", {})
+    exports = drop_stale_exports(run_dir, read_manifest(run_dir).get("exports", {}), section, console)
     exports.update(section)
     update_manifest(run_dir, exports=exports)
     if failed and not allow_fail:
@@ -242,6 +243,37 @@ def run_export(
             "--max-float-layers or --calib-size, try --recover qad, or pass --allow-fail to keep it anyway"
         )
     return section
+
+
+def drop_stale_exports(run_dir: Path, old: dict[str, Any], section: dict[str, Any],
+                       console: Console) -> dict[str, Any]:  # fmt: skip
+    """The earlier export entries this export keeps. When model.onnx changed (another student, opset or slim),
+    every artifact this export did not rewrite was made from the old one: its entry goes and its files are
+    removed (eval and bench would otherwise still measure it; its guard compared it with another FP32 graph)."""
+    previous = old.get("onnx", {}).get("sha256")
+    if previous is None or previous == section["onnx"]["sha256"]:
+        return dict(old)
+    stale = [k for k in old if k not in section]
+    removed = []
+    for key in stale:
+        entry = old[key] if isinstance(old[key], dict) else {}
+        files = [entry.get("file"), (entry.get("engine") or {}).get("file")]
+        for name in filter(None, files):
+            path = run_dir / name
+            targets = [path, path.with_suffix(".bin")] if path.suffix in (".xml", ".param") else [path]
+            for target in targets:
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.is_file():
+                    target.unlink()
+                else:
+                    continue
+                removed.append(target.name)
+    if stale:
+        console.print(f"model.onnx changed: removed what an earlier export made from the old one "
+                      f"({', '.join(removed) or 'manifest entries only'}; entries {', '.join(stale)}); "
+                      "export again with the options that made them")  # fmt: skip
+    return {k: v for k, v in old.items() if k not in stale}
 
 
 def _export_fp16(
