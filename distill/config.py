@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from distill.crops import CropRecipe
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a recipe never passes silently."""
@@ -146,11 +148,36 @@ class CacheConfig(StrictModel):
     scale: tuple[float, float] = Field((0.35, 1.0), description="RandomResizedCrop area range of a crop")
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = Field(0.5, ge=0.0, le=1.0)
+    pipeline: Literal["crop", "vl2lite"] = Field(
+        "crop",
+        description="crop: RandomResizedCrop (scale, ratio) + flip; vl2lite: the papers' augmentation (resize, crop, "
+        "square crop, rotation, blur, jitter, flip), every draw stored and replayed for teacher and student",
+    )
+    resize: PositiveInt = Field(256, description="vl2lite: the image is first resized to resize x resize")
+    size: PositiveInt = Field(224, description="vl2lite: the augmented view's side (then resized to each model's)")
     seed: int = 0
     batch_size: PositiveInt = Field(64, description="teacher batch size while building")
     shard_size: PositiveInt = Field(
         1024, description="images per cache shard: the unit of a resumed build and of sharding it over DDP ranks"
     )
+
+    @model_validator(mode="after")
+    def _keys_of_the_pipeline(self) -> CacheConfig:
+        unused = {"crop": ("resize", "size"), "vl2lite": ("scale", "ratio")}[self.pipeline]
+        given = [k for k in unused if k in self.model_fields_set]
+        if given:
+            raise ValueError(
+                f"{given[0]} is not used by pipeline {self.pipeline!r} "
+                f"({'resize and size are vl2lite' if self.pipeline == 'crop' else 'vl2lite draws its own crops'}'s); "
+                f"remove it"
+            )
+        if self.pipeline == "vl2lite" and self.size > self.resize:
+            raise ValueError(f"size {self.size} must be <= resize {self.resize}")
+        return self
+
+    def recipe(self) -> CropRecipe:
+        return CropRecipe(scale=self.scale, ratio=self.ratio, hflip=self.hflip, pipeline=self.pipeline,
+                          resize=self.resize, size=self.size)  # fmt: skip
 
 
 class StageConfig(StrictModel):

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from distill.crops import CropRecipe, crop_input, sample_crop
+from distill.crops import CropRecipe, sample_view, view_input
 from distill.transforms import TrainTransform
 from runtime.datasets import Dataset
 from runtime.preprocess import PreprocessContract
@@ -75,6 +75,6 @@ class FreshCropDataset(TorchDataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         image = self.dataset.image(index)
         rng = np.random.default_rng([self.seed, AUGMENT_STREAM, self.epoch, index])
-        box, flip = sample_crop(rng, *image.size, self.recipe)
-        x = torch.from_numpy(crop_input(image, box, flip, self.contract))
+        box, flip, draw = sample_view(rng, *image.size, self.recipe)
+        x = torch.from_numpy(view_input(image, box, flip, draw, self.recipe, self.contract))
         return x, int(self.dataset.labels[index]), torch.zeros(0)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.crops import CropRecipe, crop_input, sample_crop
+from distill.crops import AUGMENT_FIELDS, CropRecipe, sample_view, view_input
 from distill.teachers.base import Teacher
 from runtime.atomic import check_space, write_errors, write_json
 from runtime.datasets import Dataset
@@ -99,7 +99,7 @@ class CacheSpec:
 
 def _crops_of(index: int, image_size: tuple[int, int], spec: CacheSpec, recipe: CropRecipe) -> list:
     rng = np.random.default_rng([spec.seed, index])
-    return [sample_crop(rng, *image_size, recipe) for _ in range(spec.crops)]
+    return [sample_view(rng, *image_size, recipe) for _ in range(spec.crops)]
 
 
 class TeacherCache:
@@ -113,6 +113,7 @@ class TeacherCache:
         self.manifest = json.loads(path.read_text())
         self.spec = CacheSpec(**self.manifest["key"])
         self.shard_size = int(self.manifest["shard_size"])
+        self.recipe = CropRecipe.from_dict(self.spec.recipe)
         n_shards = int(self.manifest["num_shards"])
         missing = [i for i in range(n_shards) if not (self.root / f"shard-{i:05d}.json").is_file()]
         if missing:
@@ -146,6 +147,18 @@ class TeacherCache:
         s, j = divmod(index, self.shard_size)
         arrays = self._shard(s)
         return arrays["boxes"][j, crop], bool(arrays["flips"][j, crop]), arrays["embeddings"][j, crop]
+
+    def augment(self, index: int, crop: int) -> np.ndarray | None:
+        """The packed vl2lite draw of crop ``crop`` of image ``index`` (None for plain crops)."""
+        if self.recipe.pipeline != "vl2lite":
+            return None
+        s, j = divmod(index, self.shard_size)
+        return self._shard(s)["augment"][j, crop]
+
+    def view(self, image: Any, index: int, crop: int, contract: PreprocessContract) -> np.ndarray:
+        """Crop ``crop`` of image ``index`` (the PIL image) as ``contract``'s input: what the teacher encoded."""
+        box, flip, _ = self.record(index, crop)
+        return view_input(image, box, flip, self.augment(index, crop), self.recipe, contract)
 
     def embeddings(self) -> np.ndarray:
         """Every stored embedding, (N, M, D) float32 (PAND's PSC trains on them)."""
@@ -245,7 +258,7 @@ def build_cache(
         fd = wait_flock(cache_lock, exclusive=False)
     else:
         fcntl.flock(fd, fcntl.LOCK_SH)
-    recipe = CropRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.recipe.items()})
+    recipe = CropRecipe.from_dict(spec.recipe)
 
     def build(s: int) -> int:
         if (root / f"shard-{s:05d}.json").is_file():
@@ -292,13 +305,15 @@ def _check_cache_space(root: Path, spec: CacheSpec, shard_size: int, rank: int, 
     fresh = old.get("key") == spec.to_dict() and old.get("shard_size") == shard_size
     todo = [s for s in range(rank, n_shards, world) if not (fresh and (root / f"shard-{s:05d}.json").is_file())]
     images = sum(min((s + 1) * shard_size, spec.num_images) - s * shard_size for s in todo)
-    check_space(root, images * spec.crops * cache_bytes_per_crop(dim, spec.topk),
+    augment = CropRecipe.from_dict(spec.recipe).pipeline == "vl2lite"
+    check_space(root, images * spec.crops * cache_bytes_per_crop(dim, spec.topk, augment),
                 f"the teacher cache ({images} images x {spec.crops} crops)")  # fmt: skip
 
 
-def cache_bytes_per_crop(embed_dim: int, topk: int) -> int:
-    """What one crop costs on disk: box (4 f32), flip (u8), fp16 embedding, and top-K int32 + fp16 + lse f32."""
-    return 16 + 1 + 2 * embed_dim + (6 * topk + 4 if topk else 0)
+def cache_bytes_per_crop(embed_dim: int, topk: int, augment: bool = False) -> int:
+    """What one crop costs on disk: box (4 f32), flip (u8), fp16 embedding, top-K int32 + fp16 + lse f32, and a
+    vl2lite draw (16 f32)."""
+    return 16 + 1 + 2 * embed_dim + (6 * topk + 4 if topk else 0) + (4 * AUGMENT_FIELDS if augment else 0)
 
 
 def _write_shard(root: Path, s: int, start: int, stop: int, arrays: dict[str, np.ndarray]) -> None:
@@ -348,6 +363,7 @@ def _compute_shard(
     n, m = len(indices), spec.crops
     boxes = np.zeros((n, m, 4), np.float32)
     flips = np.zeros((n, m), np.uint8)
+    augment = np.zeros((n, m, AUGMENT_FIELDS), np.float32) if recipe.pipeline == "vl2lite" else None
     jobs: list[tuple[int, int]] = []
     inputs: list[np.ndarray] = []
     outputs: list[torch.Tensor] = []
@@ -359,9 +375,11 @@ def _compute_shard(
 
     for j, index in enumerate(indices):
         image = dataset.image(index)
-        for c, (box, flip) in enumerate(_crops_of(index, image.size, spec, recipe)):
+        for c, (box, flip, draw) in enumerate(_crops_of(index, image.size, spec, recipe)):
             boxes[j, c], flips[j, c] = box, flip
-            inputs.append(crop_input(image, box, flip, contract))
+            if augment is not None:
+                augment[j, c] = draw
+            inputs.append(view_input(image, box, flip, draw, recipe, contract))
             jobs.append((j, c))
             if len(inputs) == batch_size:
                 flush()
@@ -370,6 +388,8 @@ def _compute_shard(
     flush()
     emb = torch.cat(outputs).reshape(n, m, -1)
     arrays = {"boxes": boxes, "flips": flips, "embeddings": emb.half().numpy()}
+    if augment is not None:
+        arrays["augment"] = augment
     if spec.topk:
         logits = teacher.zero_shot_logits(emb.reshape(n * m, -1), anchors)
         idx, val, lse = topk_logits(logits, spec.topk)
@@ -403,8 +423,9 @@ class CachedCropDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        box, flip, emb = self.cache.record(i, self.cache.crop_for_epoch(i, self.epoch))
-        x = crop_input(self.dataset.image(i), box, flip, self.contract)
+        crop = self.cache.crop_for_epoch(i, self.epoch)
+        _, _, emb = self.cache.record(i, crop)
+        x = self.cache.view(self.dataset.image(i), i, crop, self.contract)
         return torch.from_numpy(x), int(self.dataset.labels[i]), torch.from_numpy(np.asarray(emb, np.float32))
 
 
@@ -418,8 +439,7 @@ class CachedTopKDataset(CachedCropDataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
         crop = self.cache.crop_for_epoch(i, self.epoch)
-        box, flip, _ = self.cache.record(i, crop)
         idx, val, lse = self.cache.topk(i, crop)
-        x = crop_input(self.dataset.image(i), box, flip, self.contract)
+        x = self.cache.view(self.dataset.image(i), i, crop, self.contract)
         return (torch.from_numpy(x), int(self.dataset.labels[i]), torch.from_numpy(np.asarray(idx, np.int64)),
                 torch.from_numpy(np.asarray(val, np.float32)), torch.tensor(lse, dtype=torch.float32))  # fmt: skip

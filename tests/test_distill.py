@@ -16,6 +16,7 @@ from conftest import (
     write_tiny_clip_config,
     write_tiny_clip_student_config,
 )
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from distill.config import DistillConfig
@@ -113,6 +114,23 @@ def test_every_method_runs_end_to_end(workspace, tmp_path: Path, method: str) ->
         assert (out / "intermediate_teacher.safetensors").is_file()
     # `toolkit eval` and export read a distilled run like a trained one.
     assert runner.invoke(app, ["eval", str(out), "--data", str(workspace["test"])]).exit_code == 0
+
+
+def test_the_papers_augmentation_through_the_cache(workspace, tmp_path: Path) -> None:
+    cache = {"crops": 2, "dir": str(workspace["tmp"] / "cache_vl2lite"), "pipeline": "vl2lite", "resize": 24,
+             "size": 20}  # fmt: skip
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", "kd", cache=cache)
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    key = json.loads((tmp_path / "run" / "manifest.json").read_text())["teacher"]["cache_key"]
+    assert key["recipe"]["pipeline"] == "vl2lite" and key["recipe"]["size"] == 20
+    for bad, message in (
+        ({"pipeline": "vl2lite", "scale": [0.5, 1.0]}, "scale is not used by pipeline 'vl2lite'"),
+        ({"resize": 300}, "resize is not used by pipeline 'crop'"),
+        ({"pipeline": "vl2lite", "resize": 20, "size": 24}, "size 24 must be <= resize 20"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            DistillConfig(method="kd", cache=bad)
 
 
 def test_psc_on_eval_features_as_pands_code(workspace, tmp_path: Path) -> None:

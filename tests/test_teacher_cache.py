@@ -12,6 +12,7 @@ import torch
 from conftest import TINY_CLIP_SPEC, write_image_folder, write_tiny_clip_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from typer.testing import CliRunner
 
 from distill.crops import CropRecipe, crop_input, sample_crop
@@ -41,9 +42,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     return teacher, load_image_folder(data), config, data
 
 
-def build(root: Path, teacher, dataset, crops: int = 3, topk: int = 0, **kw) -> int:
+def build(root: Path, teacher, dataset, crops: int = 3, topk: int = 0, recipe: CropRecipe | None = None,
+          **kw) -> int:  # fmt: skip
     anchors = teacher.class_anchors(list(dataset.class_names), "a photo of a {}.").detach() if topk else None
-    spec = cache_spec(teacher, dataset, crops, CropRecipe(), 0, topk, anchors)
+    spec = cache_spec(teacher, dataset, crops, recipe or CropRecipe(), 0, topk, anchors)
     return build_cache(root, teacher, dataset, spec, anchors, shard_size=5, batch_size=7, **kw)
 
 
@@ -127,6 +129,37 @@ def test_interrupted_build_resumes_to_the_same_cache(setup, tmp_path: Path) -> N
     for other in ("a", "b"):
         for s in sorted((tmp_path / "c").glob("shard-*.json")):
             assert json.loads(s.read_text()) == json.loads((tmp_path / other / s.name).read_text())
+
+
+def test_vl2lite_draws_are_stored_and_replayed_for_teacher_and_student(setup, tmp_path: Path) -> None:
+    """The papers' augmentation through the cache: every parameter of every crop is stored, the teacher's
+    embedding is reproduced by replaying it, and the student sees the same augmented image (FKD's idea)."""
+    from distill import vl2lite_augment
+    from distill.crops import unpack_augment
+    from distill.teacher_cache import cache_bytes_per_crop
+
+    teacher, dataset, _, _ = setup
+    recipe = CropRecipe(pipeline="vl2lite", resize=40, size=32, hflip=0.5)
+    build(tmp_path / "c", teacher, dataset, crops=3, recipe=recipe)
+    cache = TeacherCache(tmp_path / "c")
+    assert cache.spec.recipe["pipeline"] == "vl2lite" and "pipeline" not in CropRecipe().to_dict()
+    draws = [unpack_augment(cache.augment(i, c)) for i in range(len(dataset)) for c in range(3)]
+    assert len({d.angle for d in draws}) == len(draws) and {d.flip for d in draws} == {False, True}
+    for i, c in [(0, 0), (len(dataset) - 1, 2), (6, 1)]:
+        params = unpack_augment(cache.augment(i, c))
+        view = vl2lite_augment.apply(dataset.image(i).convert("RGB"), params, 40, 32)  # the teacher's 32 px
+        x = teacher.contract.normalize(np.asarray(view))
+        with torch.no_grad():
+            fresh = teacher.encode_image(torch.from_numpy(x)[None])[0]
+        stored = torch.from_numpy(cache.record(i, c)[2].astype(np.float32))
+        assert torch.nn.functional.cosine_similarity(fresh, stored, dim=0) >= 0.999
+        # The student (another size and normalisation) gets the same view, resized to its input.
+        student = PreprocessContract(input_size=16, resize_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+        items = CachedCropDataset(dataset, cache, student)
+        items.set_epoch(next(e for e in range(3) if cache.crop_for_epoch(i, e) == c))
+        expected = student.normalize(np.asarray(view.resize((16, 16), resample=Image.Resampling.BILINEAR)))
+        np.testing.assert_allclose(items[i][0].numpy(), expected, atol=1e-6)
+    assert cache_bytes_per_crop(32, 0, augment=True) - cache_bytes_per_crop(32, 0) == 64
 
 
 def test_epochs_walk_through_crops_and_dataset_replays(setup, tmp_path: Path) -> None:

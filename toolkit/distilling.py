@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from distill.config import AugmentConfig, DistillConfig
-from distill.crops import CropRecipe
 from distill.data import FreshCropDataset
 from distill.distributed import DistContext, init_distributed, shutdown_distributed
 from distill.engine import write_metrics
@@ -62,7 +61,7 @@ def open_cache(teacher: Teacher, data: Dataset, cfg: DistillConfig, run_dir: Pat
     (the same bytes a single process writes), then every rank opens the whole cache. ``topk`` > 0 also stores
     each crop's top-K logits against ``anchors`` and their log-sum-exp (FDBPL)."""
     c = cfg.cache
-    recipe = CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip)
+    recipe = c.recipe()
     key = cache_spec(teacher, data, c.crops, recipe, c.seed, topk, anchors)
     root = _cache_dir(cfg, run_dir, key.to_dict())
     say = console.print if ctx.is_main else (lambda *a, **k: None)
@@ -306,7 +305,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
                                               "cache_key": cache.spec.to_dict()})  # fmt: skip
     else:
         c = cfg.cache
-        data = FreshCropDataset(train_set, CropRecipe(scale=c.scale, ratio=c.ratio, hflip=c.hflip), contract, c.seed)
+        data = FreshCropDataset(train_set, c.recipe(), contract, c.seed)
 
     env = StageEnv(
         plan, recipe.train, recipe.seed, ctx, run_dir, console, names, prompts, cfg.template, contract, data,
