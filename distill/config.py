@@ -118,6 +118,11 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     select: Literal["best", "last"] = Field("best", description="which epoch's weights become the student")
+    select_on: Literal["val", "test"] = Field(
+        "val",
+        description="val: the held-out split carved from train (our protocol); test: the papers' protocol, epochs "
+        "(and PSC's prompt) selected on the test set, labelled 'paper protocol: selected on test' wherever reported",
+    )
     select_metric: Literal["val_top1", "val_loss"] = Field(
         "val_top1", description="what select: best compares: highest val top-1, or lowest val loss (LaViD's code)"
     )

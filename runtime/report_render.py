@@ -68,7 +68,13 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
         (
             "Run",
             f"`{run['directory']}`: student **{run['student']}** at {run['input_size']}, method {run['method']}; "
-            f"evaluated on **{report['dataset'] or 'no dataset (run `toolkit eval RUN --artifact all`)'}**.",
+            f"evaluated on **{report['dataset'] or 'no dataset (run `toolkit eval RUN --artifact all`)'}**."
+            + (
+                " **Paper protocol: selected on test** (the epoch, and PSC's prompt, were chosen by their top-1 on the "
+                "test set, as the papers do: test numbers are optimistic)."
+                if report["training"]["final"].get("selected_on") == "test"
+                else ""
+            ),
         )
     ]
     verdict_rows = [

@@ -133,6 +133,25 @@ def test_the_papers_augmentation_through_the_cache(workspace, tmp_path: Path) ->
             DistillConfig(method="kd", cache=bad)
 
 
+def test_paper_protocol_selects_every_stage_on_the_test_set(workspace, tmp_path: Path) -> None:
+    import numpy as np
+
+    recipe = distill_recipe(workspace, tmp_path / "r.yaml", "kd")
+    raw = yaml.safe_load(recipe.read_text())
+    raw["train"].update(select_on="test", select="last")
+    recipe.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(run)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "paper protocol: selected on test" in res.output
+    assert json.loads((run / "metrics.json").read_text())["selected_on"] == "test"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (logits,) = [np.load(p) for p in (run / "eval").glob("*/logits.npy")]
+    (labels,) = [np.load(p) for p in (run / "eval").glob("*/labels.npy")]
+    ce = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()).item()
+    assert rows[-1]["val_loss"] == pytest.approx(ce, rel=1e-4, abs=1e-5)  # scored on the test images
+
+
 def test_psc_on_eval_features_as_pands_code(workspace, tmp_path: Path) -> None:
     from distill.teachers.coop import load_anchors
 

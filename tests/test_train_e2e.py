@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -103,6 +104,41 @@ def test_cli_errors_exit_non_zero_with_clear_message(trained_run: Path, tmp_path
         toolkit_cmd("eval", tmp_path, "--data", tmp_path), capture_output=True, text=True, env=subprocess_env()
     )
     assert res.returncode == 2 and "student.safetensors: missing" in res.stderr
+
+
+def test_paper_protocol_selects_on_the_test_set_and_says_so(tmp_path: Path) -> None:
+    """train.select_on: test (the papers' protocol): every epoch is scored on the test set, the best one is the
+    student, so its test top-1 is the best epoch's; metrics and the report label it."""
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    test = write_image_folder(tmp_path / "test", per_class=3, seed=1)
+    recipe = write_recipe(tmp_path / "r.yaml", data, epochs=2, select_on="test", select="last")
+    raw = yaml.safe_load(recipe.read_text())
+    res = runner.invoke(app, ["train", str(recipe), "--out", str(tmp_path / "missing")])
+    assert res.exit_code != 0 and "train.select_on: test" in str(res.exception)
+    assert not (tmp_path / "missing").exists()
+    raw["data"]["test"] = {"kind": "imagefolder", "path": str(test)}
+    raw["data"]["val_fraction"] = 0.0  # the papers train on all of train
+    recipe.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", str(recipe), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "paper protocol: selected on test" in res.output
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selected_on"] == "test" and metrics["test_top1"] == rows[-1]["val_top1"]
+    # The epochs were scored on the test images: the last row's loss is the student's cross-entropy there.
+    (logits,) = [np.load(p) for p in (run / "eval").glob("*/logits.npy")]
+    (labels,) = [np.load(p) for p in (run / "eval").glob("*/labels.npy")]
+    ce = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()).item()
+    assert rows[-1]["val_loss"] == pytest.approx(ce, rel=1e-4, abs=1e-5)
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "Paper protocol: selected on test" in (run / "report.md").read_text()
+    # No validation split: the export checks parity (and would guard INT8) on the test set, and says so.
+    res = runner.invoke(app, ["export", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "checked on the test set (paper protocol" in res.output
+    assert json.loads((run / "manifest.json").read_text())["exports"]["onnx"]["parity"]["n"] == 12
 
 
 def test_existing_run_dir_needs_resume_or_force(trained_run: Path, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
 from toolkit.splits import recipe_splits
 from toolkit.teaching import build_teacher
-from toolkit.training import STUDENT_FORMAT, check_resume_config
+from toolkit.training import STUDENT_FORMAT, check_resume_config, role_of_test, selection_set
 
 
 def _cache_dir(cfg: DistillConfig, run_dir: Path, key: dict[str, Any]) -> Path:
@@ -240,6 +240,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
     if splits.new_classes and test is not None:  # base-to-new: the test set's base and new halves
         base, rest = base_new_classes(len(test.class_names))
         test, new_test = ClassSubsetDataset(test, base), ClassSubsetDataset(test, rest)
+    val_set = selection_set(recipe, val_set, test)
     anchors = None
     if cfg.anchors:
         anchors, _ = load_anchors(cfg.anchors, None, names)
@@ -331,11 +332,12 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
     save_state_dict(run_dir / "student.safetensors", student.state_dict(), meta)
     metrics: dict[str, Any] = {"method": plan.method.name, "stages": stages, "selection": recipe.train.select,
                                "train_time_s": round(sum(st.get("seconds", 0.0) for st in stages.values()), 1),
-                               "precision": result.precision, "world_size": ctx.world_size}  # fmt: skip
+                               "precision": result.precision, "world_size": ctx.world_size,
+                               "selected_on": recipe.train.select_on}  # fmt: skip
     if test is not None:
         report = evaluate_student(student, test, contract, run_dir, recipe.train.eval_batch_size, torch.device("cpu"))
         metrics.update(test_top1=report["top1"], test_name=test.name)
-        console.print(f"test top-1 on {test.name} ({report['n']} images, not used for selection): {report['top1']:.4f}")
+        console.print(f"test top-1 on {test.name} ({report['n']} images, {role_of_test(recipe)}): {report['top1']:.4f}")
     if new_test is not None and isinstance(student, VLMStudent):
         metrics["base_to_new"] = base_to_new(student, test, new_test, initial_context, contract, recipe, console)
     write_json(run_dir / "metrics.json", metrics)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from rich.console import Console
 
@@ -23,7 +24,7 @@ from export.tensorrt_engine import engine_or_reason
 from runtime.artifacts import ENGINES, file_entry
 from runtime.atomic import atomic_path, check_space
 from runtime.classifier import OnnxClassifier, OpenVinoClassifier
-from runtime.datasets import Dataset
+from runtime.datasets import ClassSubsetDataset, Dataset
 from runtime.errors import ToolkitError, did_you_mean
 from runtime.fidelity import DEFAULT_CRITERIA, GuardCriteria
 from runtime.preprocess import PreprocessContract
@@ -47,10 +48,17 @@ FP16_TOLERANCE = 2e-2  # FP16 keeps ~3 significant digits: |logit diff| <= 2e-2 
 def run_splits(recipe: Recipe, console: Console) -> tuple[Dataset, Dataset]:
     """The run's own training split (few-shot subset for few-shot distillation) and held-out validation split."""
     splits = recipe_splits(recipe, console)
+    if splits.val is None and recipe.train.select_on == "test" and recipe.data.test is not None:
+        names = list(splits.full.class_names)
+        test = recipe.data.open_test(names + splits.new_classes)
+        console.print("no validation split: the export is checked on the test set (paper protocol: selected on test)")
+        if splits.new_classes:
+            test = ClassSubsetDataset(test, list(range(len(names))))
+        return splits.train, test.subset(np.random.default_rng(recipe.seed).permutation(len(test)))  # classes mixed
     if splits.val is None:
         raise ToolkitError(
             "the run has no validation split (data.val_fraction: 0): nothing held out to check the export on; "
-            "set data.val_fraction (e.g. 0.02) in the recipe"
+            "set data.val_fraction (e.g. 0.02) in the recipe (or train.select_on: test, the papers' protocol)"
         )
     return splits.train, splits.val
 

@@ -20,6 +20,7 @@ from distill.students import create_student, is_vlm_student
 from distill.transforms import TrainTransform
 from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
+from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.split import stratified_split
 from toolkit.datacheck import check_dataset, check_overlap, check_trainable
@@ -28,6 +29,23 @@ from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
 
 STUDENT_FORMAT = "edge-distill-student/1"
+
+
+PAPER_PROTOCOL = "paper protocol: selected on test"
+
+
+def selection_set(recipe: Recipe, val: Dataset | None, test: Dataset | None) -> Dataset | None:
+    """The images epochs are selected on: the held-out split, or (``train.select_on: test``, the papers'
+    protocol) the test set."""
+    if recipe.train.select_on == "val":
+        return val
+    if test is None:
+        raise ToolkitError("train.select_on: test selects epochs on the test set; the recipe has no data.test")
+    return test
+
+
+def role_of_test(recipe: Recipe) -> str:
+    return PAPER_PROTOCOL if recipe.train.select_on == "test" else "not used for selection"
 
 
 def check_resume_config(run_dir: Path, recipe: Recipe) -> None:
@@ -80,6 +98,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
     contract = recipe.contract(full.class_names)
     test = data_cfg.open_test(full.class_names)
     leak = check_overlap(full, test, console, show=ctx.is_main)
+    val_set = selection_set(recipe, val_set, test)
     s = recipe.student
     if is_vlm_student(s.name):
         raise ToolkitError(
@@ -156,7 +175,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, force: bool, console: Co
         report = evaluate_student(model, test, contract, run_dir, recipe.train.eval_batch_size, ctx.device)
         metrics["test_top1"] = report["top1"]
         metrics["test_name"] = test.name
-        console.print(f"test top-1 on {test.name} ({report['n']} images, not used for selection): {report['top1']:.4f}")
+        console.print(f"test top-1 on {test.name} ({report['n']} images, {role_of_test(recipe)}): {report['top1']:.4f}")
+    metrics["selected_on"] = recipe.train.select_on
     write_json(run_dir / "metrics.json", metrics)
     update_manifest(run_dir, status="trained", results=metrics)
     return metrics
