@@ -33,6 +33,7 @@ from distill.engine import train
 from distill.methods.registry import get_method
 from distill.objectives import BaseLossObjective, CrossEntropy, HintonKD
 from distill.students import create_student
+from distill.teachers.base import CosineHead
 from runtime.environment import cpu_description
 
 CPU = DistContext(0, 1, 0, torch.device("cpu"))
@@ -93,7 +94,7 @@ def main() -> None:
             return CrossEntropy(student(), 1)
         terms, params = m.stage("student").losses, m.params
         if name == "kd":
-            return HintonKD(student(), 1, terms, params, anchors, 100.0)
+            return HintonKD(student(), 1, terms, params, CosineHead(anchors, 100.0))
         return BaseLossObjective(student(), 1, terms, params, anchors)
 
     variants = ["bare", "ce", "kd", "vl2lite", "pand"]

@@ -169,7 +169,8 @@ class CacheConfig(StrictModel):
     @model_validator(mode="after")
     def _keys_of_the_pipeline(self) -> CacheConfig:
         unused = {"crop": ("resize", "size"), "vl2lite": ("scale", "ratio")}[self.pipeline]
-        given = [k for k in unused if k in self.model_fields_set]
+        # A saved config.yaml holds every key at its default: only a changed value is a key set for nothing.
+        given = [k for k in unused if getattr(self, k) != type(self).model_fields[k].default]
         if given:
             raise ValueError(
                 f"{given[0]} is not used by pipeline {self.pipeline!r} "

@@ -138,17 +138,19 @@ class CrossEntropy(Objective):
 
 
 class HintonKD(Objective):
-    """CE and T^2 KL against the teacher's zero-shot logits scale * cos(v, anchors)."""
+    """CE and T^2 KL against the teacher's logits from its cached embedding: ``head`` is scale * cos(v, anchors)
+    for a vision-language teacher, the classification layer of a classifier teacher (frozen either way)."""
 
-    def __init__(self, net: nn.Module, epochs: int, terms: Sequence[LossTerm], params: dict, anchors: torch.Tensor,
-                 teacher_scale: float, label_smoothing: float = 0.0) -> None:  # fmt: skip
+    def __init__(self, net: nn.Module, epochs: int, terms: Sequence[LossTerm], params: dict, head: nn.Module,
+                 label_smoothing: float = 0.0) -> None:  # fmt: skip
         super().__init__(net, epochs, terms, params, label_smoothing)
-        self.register_buffer("anchors", anchors.float())
-        self.teacher_scale, self.t = teacher_scale, float(params["temperature"])
+        self.head = self.freeze(head)
+        self.t = float(params["temperature"])
 
     def compute(self, x: torch.Tensor, y: torch.Tensor, emb: torch.Tensor) -> TermValues:
         _, pooled, logits = split_forward(self.net, x)
-        teacher = self.teacher_scale * F.normalize(emb, dim=-1) @ self.anchors.T
+        with torch.no_grad():
+            teacher = self.head(emb.float())
         return TermValues({"cls": self.ce(logits, y), "kd": kd_loss(logits, teacher, self.t)}, logits, pooled)
 
 

@@ -30,6 +30,7 @@ from distill.students import create_student
 from distill.weights import load_state_dict
 from runtime.errors import ToolkitError
 from toolkit.cli import app
+from toolkit.recipe import Recipe, load_recipe, recipe_to_yaml
 
 runner = CliRunner()
 
@@ -124,6 +125,11 @@ def test_the_papers_augmentation_through_the_cache(workspace, tmp_path: Path) ->
     assert res.exit_code == 0, res.output + repr(res.exception)
     key = json.loads((tmp_path / "run" / "manifest.json").read_text())["teacher"]["cache_key"]
     assert key["recipe"]["pipeline"] == "vl2lite" and key["recipe"]["size"] == 20
+    # Regression: the saved config.yaml (every key, defaults too) must load again (export, eval, resume read it).
+    for run in (tmp_path / "run",):
+        Recipe.model_validate(yaml.safe_load((run / "config.yaml").read_text()))
+    Recipe.model_validate(yaml.safe_load(recipe_to_yaml(load_recipe(distill_recipe(workspace, tmp_path / "c.yaml",
+                                                                                   "kd")))))  # fmt: skip
     for bad, message in (
         ({"pipeline": "vl2lite", "scale": [0.5, 1.0]}, "scale is not used by pipeline 'vl2lite'"),
         ({"resize": 300}, "resize is not used by pipeline 'crop'"),

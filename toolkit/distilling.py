@@ -124,6 +124,30 @@ def check_student_kind(method: Method, student: str, cfg: DistillConfig) -> None
         raise ToolkitError(f"distill.lavid: method {method.name!r} has no LaViD auxiliary head; remove distill.lavid")
 
 
+def check_teacher_kind(teacher: Teacher, method: Method, cfg: DistillConfig, names: list[str]) -> None:
+    """A classifier teacher (run:, timm:) serves the methods that only need its outputs, and must know exactly
+    the dataset's classes."""
+    if teacher.kind not in method.teacher_kinds:
+        raise ToolkitError(
+            f"distill.teacher: {teacher.spec} is an image classifier; method {method.name!r} needs a vision-language "
+            "teacher (openclip:, conse:). Classifier teachers serve the methods kd and rkd"
+        )
+    if teacher.kind != "classifier":
+        return
+    known = getattr(teacher, "class_names", None)
+    count = int(getattr(teacher, "num_classes", len(names)))
+    if (known is not None and list(known) != list(names)) or count != len(names):
+        theirs = list(known) if known is not None else f"{count} classes"
+        raise ToolkitError(
+            f"distill.teacher: {teacher.spec} was trained on {theirs}, the dataset has {names}; a checkpoint teacher "
+            "must know exactly the dataset's classes, in the same order"
+        )
+    if cfg.anchors:
+        raise ToolkitError(
+            f"distill.anchors: teacher {teacher.spec} is a classifier and uses no text anchors; remove it"
+        )
+
+
 def vlm_contract(student: VLMStudent, recipe: Recipe, names: list[str]) -> PreprocessContract:
     """A vision-language student sees images as its own towers were trained to: its preprocessing is the
     contract. A preprocess key the recipe sets to something else is an error naming it."""
@@ -251,11 +275,17 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
     lavid = lavid_targets(cfg, names, prompts)
     teacher = (
         build_teacher(
-            cfg.teacher, Path(cfg.teacher_config) if cfg.teacher_config else None, cfg.teacher_backend, str(ctx.device)
-        )
+            cfg.teacher,
+            Path(cfg.teacher_config) if cfg.teacher_config else None,
+            cfg.teacher_backend,
+            str(ctx.device),
+            num_classes=len(names),
+        )  # fmt: skip
         if cfg.teacher
         else None
     )
+    if teacher is not None:
+        check_teacher_kind(teacher, plan.method, cfg, names)
     if cfg.anchors and teacher is not None:
         load_anchors(cfg.anchors, teacher.spec, names)
     s = recipe.student
@@ -292,7 +322,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         )  # fmt: skip
     ctx.barrier()
 
-    if anchors is None and teacher is not None:
+    if anchors is None and teacher is not None and teacher.kind == "vlm":
         with torch.no_grad():
             anchors = teacher.class_anchors(prompts, cfg.template)
     cache = None

@@ -11,14 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from safetensors import safe_open
 from torch import nn
 
 from distill.evaluate import predict_logits
-from distill.pruning import apply_architecture, read_architecture
-from distill.students import create_student
-from distill.weights import load_state_dict
+from distill.run_student import load_student_dir
 from runtime.artifacts import Artifact, eval_slug
 from runtime.atomic import atomic_path, write_json, write_text
 from runtime.classifier import contract_batches, open_classifier
@@ -31,31 +27,16 @@ from toolkit.rundir import read_manifest, update_manifest
 
 
 def load_run_student(run_dir: Path) -> tuple[nn.Module, PreprocessContract, dict[str, Any]]:
-    """Rebuild the student of a finished run from its config.yaml and student.safetensors."""
+    """Rebuild the student of a finished run from its config.yaml and student.safetensors, after checking the
+    weights are the ones its manifest recorded."""
     weights = run_dir / "student.safetensors"
-    config = run_dir / "config.yaml"
-    for f in (weights, config):
-        if not f.is_file():
-            raise ToolkitError(f"{f}: missing; is {run_dir} a finished training run?")
     recorded = read_manifest(run_dir).get("artifacts", {}).get(weights.name, {}).get("sha256")
-    if recorded and sha256_file(weights) != recorded:
+    if recorded and weights.is_file() and sha256_file(weights) != recorded:
         raise ToolkitError(
             f"{weights}: its sha256 differs from the one in {run_dir / 'manifest.json'} (changed or corrupted since "
             "training); restore it, or train again (`toolkit distill RUN --resume` continues from checkpoints)"
         )
-    with safe_open(str(weights), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    if "preprocess" not in meta:
-        raise ToolkitError(f"{weights}: no preprocessing contract in its metadata; it was not written by toolkit")
-    contract = PreprocessContract.from_json(meta["preprocess"])
-    recipe = yaml.safe_load(config.read_text())
-    model = create_student(recipe["student"]["name"], len(contract.class_names),
-                           config=recipe["student"].get("config"))  # fmt: skip
-    arch = read_architecture(run_dir)
-    if arch is not None:  # a pruned run: the registry's model, resized to the pruned shapes
-        apply_architecture(model, arch)
-    model.load_state_dict(load_state_dict(weights))
-    return model.eval(), contract, recipe
+    return load_student_dir(run_dir)
 
 
 def confusion_csv(report: dict[str, Any]) -> str:

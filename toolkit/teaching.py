@@ -19,7 +19,7 @@ from runtime.atomic import write_json
 from runtime.datasets import Dataset
 from runtime.errors import ToolkitError
 from runtime.preprocess import PreprocessContract
-from runtime.sources import parse_data_arg
+from runtime.sources import align_classes, parse_data_arg
 from toolkit.datacheck import check_dataset
 from toolkit.rundir import PACKAGES, code_version, package_versions
 
@@ -53,17 +53,19 @@ def features_with_progress(teacher: Teacher, dataset: Dataset, console: Console,
 _LAST_BUILT: dict[tuple[str, str, str, str], Teacher] = {}
 
 
-def build_teacher(spec: str, openclip_config: Path | None, backend: str = "torch", device: str = "cpu") -> Teacher:
+def build_teacher(spec: str, openclip_config: Path | None, backend: str = "torch", device: str = "cpu",
+                  num_classes: int | None = None) -> Teacher:  # fmt: skip
     """The teacher, its image encoder run by ``backend`` (distill/teachers/image_backend.py). A frozen teacher
     is built once per process: `toolkit run` distils and then evaluates it without loading it twice."""
     config = ""
     if openclip_config is not None:
         config = f"{Path(openclip_config).resolve()}:{Path(openclip_config).stat().st_mtime_ns}"
-    key = (spec, config, backend, str(device))
+    key = (spec, config, backend, str(device), num_classes)
     if key not in _LAST_BUILT:
         _LAST_BUILT.clear()
         torch.manual_seed(0)  # random-init teachers (pretrained 'none') are reproducible
-        teacher = create_teacher(spec, **({"config": openclip_config} if openclip_config else {}))
+        options = {"config": openclip_config} if openclip_config else {}
+        teacher = create_teacher(spec, num_classes=num_classes, **options)
         use_image_backend(teacher, backend, device)
         _LAST_BUILT[key] = teacher
     return _LAST_BUILT[key].eval()  # a training stage may have left it in train mode
@@ -73,28 +75,33 @@ def run_zeroshot(
     spec: str, data: str, template: str, anchors_file: Path | None, console: Console,
     openclip_config: Path | None = None, limit: int = 0, run_dir: Path | None = None, backend: str = "torch",
 ) -> dict[str, Any]:  # fmt: skip
+    """The teacher's top-1 on ``data``: zero-shot (template or calibrated anchors) for a vision-language teacher,
+    its classification layer for a classifier teacher (``run:`` / ``timm:``)."""
     teacher = build_teacher(spec, openclip_config, backend)
     dataset = open_data(data, console)
+    if teacher.kind == "classifier" and getattr(teacher, "class_names", None):
+        dataset = align_classes(dataset, teacher.class_names, f"the classes of teacher {teacher.spec}")
     indices = None
     if limit:
         indices = stratified_sample(dataset.labels, limit, 0)
         dataset = dataset.subset(indices)
     names = list(dataset.class_names)
-    if anchors_file:
+    if teacher.kind == "classifier":
+        head, source = teacher.logit_head(None), "its classification layer"
+    elif anchors_file:
         anchors, meta = load_anchors(anchors_file, teacher.spec, names)
-        source = f"calibrated anchors {anchors_file} (template {meta['template']!r})"
+        head, source = teacher.logit_head(anchors), f"calibrated anchors {anchors_file} (template {meta['template']!r})"
     else:
         with torch.no_grad():
-            anchors = teacher.class_anchors(names, template)
-        source = f"template {template!r}"
+            head, source = teacher.logit_head(teacher.class_anchors(names, template)), f"template {template!r}"
     feats = features_with_progress(teacher, dataset, console, dataset.name)
-    acc = top1(teacher, feats, dataset.labels, anchors)
+    with torch.no_grad():
+        logits = head(feats).numpy()
+    acc = float((logits.argmax(1) == dataset.labels).mean())
     result = {"teacher": teacher.spec, "data": dataset.name, "n": len(dataset), "anchors": source, "top1": acc}
     if run_dir is not None:  # the report's fidelity ladder starts from these logits
         from toolkit.evaluation import write_teacher_eval
 
-        with torch.no_grad():
-            logits = teacher.zero_shot_logits(feats, anchors).numpy()
         write_teacher_eval(run_dir, dataset, logits, PreprocessContract(class_names=tuple(names)), result, indices)
     return result
 

@@ -13,8 +13,8 @@ def _ce(i: StageInputs) -> Objective:
 
 
 def _kd(i: StageInputs) -> Objective:
-    assert i.anchors is not None and i.teacher is not None
-    return HintonKD(i.net, i.epochs, i.terms, i.params, i.anchors, i.teacher.logit_scale, i.label_smoothing)
+    assert i.teacher is not None
+    return HintonKD(i.net, i.epochs, i.terms, i.params, i.teacher.logit_head(i.anchors), i.label_smoothing)
 
 
 def _rkd(i: StageInputs) -> Objective:
@@ -33,7 +33,7 @@ register_method(
 register_method(
     Method(
         "kd",
-        "Hinton KD from the teacher's zero-shot logits (template or calibrated anchors)",
+        "Hinton KD from the teacher's logits (a VLM's zero-shot logits, or a checkpoint classifier's)",
         "Hinton et al. 2015",
         (
             Stage(
@@ -44,6 +44,7 @@ register_method(
             ),
         ),
         {"temperature": 4.0, "alpha": 0.5},
+        teacher_kinds=("vlm", "classifier"),
     )
 )  # fmt: skip
 register_method(
@@ -60,5 +61,6 @@ register_method(
             ),
         ),
         {"distance_weight": 25.0, "angle_weight": 50.0},
+        teacher_kinds=("vlm", "classifier"),
     )
 )  # fmt: skip

@@ -73,6 +73,7 @@ class Method:
     params: dict[str, Any] = field(default_factory=dict)
     needs_teacher: bool = True
     student_kind: Literal["classifier", "vlm"] = "classifier"  # vlm: a vision-language student (openclip:...)
+    teacher_kinds: tuple[str, ...] = ("vlm",)  # + "classifier": a checkpoint teacher (run:, timm:) serves it
     teacher_outputs: Literal["embeddings", "topk"] = "embeddings"  # topk: the cache stores top-K logits + LSE
     check: Callable[[dict[str, Any]], None] | None = field(default=None, compare=False, repr=False)
     # ^ raises ToolkitError for a combination of hyperparameters that cannot train (checked before any work)
@@ -92,6 +93,7 @@ class Method:
             "needs_teacher": self.needs_teacher,
             "student_kind": self.student_kind,
             "teacher_outputs": self.teacher_outputs,
+            "teacher_kinds": list(self.teacher_kinds),
             "params": dict(self.params),
             "stages": [
                 {

@@ -32,14 +32,34 @@ def prompt_name(class_name: str) -> str:
     return re.sub(r"^\d+\.", "", class_name).replace("_", " ").strip() or class_name
 
 
+class CosineHead(nn.Module):
+    """A vision-language teacher's logits from its image embedding: scale * cos(v, class anchors)."""
+
+    def __init__(self, anchors: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.register_buffer("anchors", F.normalize(anchors.float(), dim=-1))
+        self.scale = float(scale)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.normalize(embedding.float(), dim=-1) @ self.anchors.T
+
+
 class Teacher(nn.Module, ABC):
-    """A frozen vision-language teacher. Subclasses set spec, embed_dim, contract and logit_scale."""
+    """A frozen teacher. Subclasses set spec, embed_dim, contract and logit_scale. ``kind`` "vlm": images and
+    texts in one space (every method); "classifier": a trained image classifier (KD, RKD)."""
 
     spec: str
     embed_dim: int
     contract: PreprocessContract
     logit_scale: float
+    kind: str = "vlm"
     image_backend: str = "torch"  # what runs encode_image (distill/teachers/image_backend.py)
+
+    def logit_head(self, anchors: torch.Tensor | None) -> nn.Module:
+        """The module that turns a cached embedding into the teacher's class logits (KD's target)."""
+        if anchors is None:
+            raise ToolkitError(f"{self.spec}: a vision-language teacher's logits need class anchors")
+        return CosineHead(anchors, self.logit_scale)
 
     @abstractmethod
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Teachers by spec string, as recipes name them: ``openclip:<model>/<pretrained>`` or
-``conse:<vision>+<text>``. ``list_teachers`` is the query API (`toolkit teachers`)."""
+"""Teachers by spec string, as recipes name them: ``openclip:<model>/<pretrained>``, ``conse:<vision>+<text>``
+(vision-language) or ``run:<dir>``, ``timm:<model>[@weights]`` (classifiers). ``list_teachers`` is the query API
+(`toolkit teachers`)."""
 
 from __future__ import annotations
 
@@ -71,8 +72,41 @@ register_teacher(
 )
 
 
+def _run(arg: str, **options: Any) -> Teacher:
+    from distill.teachers.classifier import run_teacher
+
+    return run_teacher(arg)
+
+
+def _timm(arg: str, **options: Any) -> Teacher:
+    from distill.teachers.classifier import timm_teacher
+
+    return timm_teacher(arg, options.get("num_classes"))
+
+
+register_teacher(
+    TeacherBackend(
+        "run",
+        "The student of a finished toolkit run (toolkit train / distill) as a classifier teacher (KD, RKD)",
+        "run:runs/fashion_mnist_resnet50",
+        offline=True,
+        build=_run,
+    )
+)
+register_teacher(
+    TeacherBackend(
+        "timm",
+        "Any timm classifier with a weights file (model@weights.safetensors; without it, timm's downloaded "
+        "ImageNet weights) as a classifier teacher (KD, RKD)",
+        "timm:resnet50@teacher.safetensors",
+        offline=True,
+        build=_timm,
+    )
+)
+
+
 def create_teacher(spec: str, **options: Any) -> Teacher:
-    """Build the teacher a spec string names; options go to the backend (config=, top_t=)."""
+    """Build the teacher a spec string names; options go to the backend (config=, top_t=, num_classes=)."""
     scheme, colon, arg = spec.partition(":")
     if not colon or scheme not in _BACKENDS:
         examples = ", ".join(b.example for b in _BACKENDS.values())
