@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
+import statistics
 
 import pytest
 from conftest import HAVE_FASHION, REPO
@@ -158,3 +160,27 @@ def test_onnxslim_effect_prints_a_row_per_model(monkeypatch, tmp_path) -> None:
     module.main()
     (row,) = [line for line in out.read_text().splitlines() if line.startswith("| resnet10t |")]
     assert re.search(r"\| (\d+) -> \1 \(INT8 (\d+) -> \2\) \| 0\.0e\+00 \| [\d.]+ / [\d.]+ \([\d.]+\) \|", row), row
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="Fashion-MNIST not installed (scripts/get-fashion-mnist.sh)")
+def test_kd_gain_trains_a_teacher_then_every_method_and_ends_with_the_gain(monkeypatch, tmp_path, capsys) -> None:
+    module = _load("kd_gain")
+    out = tmp_path / "kd.md"
+    argv = ["kd_gain.py", "--teacher-model", "resnet18", "--student", "resnet10t", "--per-class", "6",
+            "--test-per-class", "3", "--few-shot", "3", "--epochs", "1", "--teacher-epochs", "1", "--crops", "2",
+            "--seeds", "0", "1", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    module.main()
+    text = out.read_text()
+    rows = {r.split("|")[1].strip(): r.split("|")[2:-1] for r in text.splitlines() if r.startswith("| ")}
+    assert len(rows["all labels"]) == 3 and len(rows["3 labels/class (KD, RKD: + teacher on the unlabelled rest)"]) == 3
+    # the last line is the per-seed KD minus w/o KD difference, from the runs' own metrics
+    tops = {}
+    for method in ("ce", "kd"):
+        tops[method] = [json.loads((tmp_path / "work" / f"full-{method}-{s}" / "metrics.json").read_text())["test_top1"]
+                        for s in (0, 1)]  # fmt: skip
+    gains = [100 * (k - c) for k, c in zip(tops["kd"], tops["ce"])]
+    mean, std = statistics.mean(gains), statistics.stdev(gains)
+    assert text.strip().splitlines()[-1] == f"kd gain vs w/o KD: {mean:.2f} +- {std:.2f}"
+    assert (tmp_path / "work" / "fewkd-kd-0" / "config.yaml").is_file()  # few-shot KD ran on the whole subset

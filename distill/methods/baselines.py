@@ -28,6 +28,7 @@ register_method(
         "-",
         (Stage("student", "student", "train the student on labels", STUDENT, (), (CE,), _ce),),
         needs_teacher=False,
+        teacher_kinds=("vlm", "classifier"),  # a teacher given only builds the cache the other methods replay
     )
 )
 register_method(
