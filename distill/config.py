@@ -216,7 +216,10 @@ class DistillConfig(StrictModel):
     class_names: list[str] | None = Field(None, description="if given, must equal the dataset's classes, in order")
     prompt_names: bool = Field(True, description="'001.Black_footed_Albatross' -> 'Black footed Albatross' in prompts")
     anchors: str | None = Field(None, description="calibrated anchors (.safetensors); replaces the template (PSC)")
-    intermediate_teacher: str | None = Field(None, description="trained DAIT intermediate teacher; skips its stage")
+    intermediate_teacher: str | None = Field(
+        None,
+        description="trained DAIT intermediate teacher (stage-1 file, or run:<dir> of a toolkit run); skips its stage",
+    )
     shots: int = Field(0, ge=0, description="images per class kept from the training split (0 = all)")
     classes: Literal["all", "base"] = Field(
         "all",

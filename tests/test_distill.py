@@ -185,6 +185,11 @@ def test_a_later_run_reuses_the_cache_and_a_trained_intermediate_teacher(workspa
     assert res.exit_code == 0, res.output
     assert "teacher cache: reusing" in res.output
     assert list(json.loads((tmp_path / "second" / "metrics.json").read_text())["stages"]) == ["student"]
+    # A toolkit run's student as DAIT's second-stage teacher (a checkpoint teacher: run:<dir>).
+    recipe = distill_recipe(workspace, tmp_path / "c.yaml", "dait_l", params=_params_for("dait_l"),
+                            intermediate_teacher=f"run:{first}", stages=[{"name": "student"}])  # fmt: skip
+    res = runner.invoke(app, ["distill", str(recipe), "--out", str(tmp_path / "third")])
+    assert res.exit_code == 0, res.output + repr(res.exception)
 
 
 @pytest.mark.parametrize(

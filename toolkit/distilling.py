@@ -124,6 +124,22 @@ def check_student_kind(method: Method, student: str, cfg: DistillConfig) -> None
         raise ToolkitError(f"distill.lavid: method {method.name!r} has no LaViD auxiliary head; remove distill.lavid")
 
 
+def given_intermediate(spec: str, names: list[str]) -> torch.nn.Module:
+    """DAIT's second-stage teacher given instead of trained: a stage-1 output file, or ``run:<dir>``, the
+    student of another toolkit run (e.g. a big fine-tuned classifier), which must know the dataset's classes."""
+    if not spec.startswith("run:"):
+        return load_intermediate(Path(spec), len(names))[0]
+    from distill.teachers.classifier import run_teacher
+
+    teacher = run_teacher(spec.removeprefix("run:"))
+    if teacher.class_names != names:
+        raise ToolkitError(
+            f"distill.intermediate_teacher: {spec} was trained on {teacher.class_names}, the dataset has {names}; "
+            "it must know exactly the dataset's classes, in the same order"
+        )
+    return teacher.net
+
+
 def check_teacher_kind(teacher: Teacher, method: Method, cfg: DistillConfig, names: list[str]) -> None:
     """A classifier teacher (run:, timm:) serves the methods that only need its outputs, and must know exactly
     the dataset's classes."""
@@ -270,7 +286,7 @@ def _distill(recipe: Recipe, run_dir: Path, force: bool, resume: bool, console: 
         anchors, _ = load_anchors(cfg.anchors, None, names)
     it_given = None
     if cfg.intermediate_teacher and "intermediate" not in plan.stage_names:
-        it_given = load_intermediate(Path(cfg.intermediate_teacher), len(names))[0]
+        it_given = given_intermediate(cfg.intermediate_teacher, names)
     prompts = [prompt_name(n) for n in names] if cfg.prompt_names else names
     lavid = lavid_targets(cfg, names, prompts)
     teacher = (
