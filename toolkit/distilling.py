@@ -7,7 +7,6 @@ directory is touched. The teacher-output cache is reused when one with the same 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 
 from distill.config import AugmentConfig, DistillConfig
@@ -25,10 +23,9 @@ from distill.engine import write_metrics
 from distill.evaluate import predict_logits
 from distill.lavid.signatures import load_signatures
 from distill.methods.plan import plan_distillation
-from distill.methods.spec import Method
 from distill.progress import Ticker
-from distill.stages import StageEnv, load_intermediate, run_stages
-from distill.students import create_student, is_vlm_student
+from distill.stages import StageEnv, run_stages
+from distill.students import create_student
 from distill.teacher_cache import CachedCropDataset, CachedTopKDataset, TeacherCache, build_cache, cache_spec
 from distill.teachers.base import Teacher, prompt_name
 from distill.teachers.coop import load_anchors
@@ -37,8 +34,9 @@ from distill.weights import save_state_dict
 from runtime.atomic import write_json, write_text
 from runtime.datasets import ClassSubsetDataset, Dataset, base_new_classes
 from runtime.errors import ToolkitError
-from runtime.preprocess import PreprocessContract
+from toolkit.base_to_new import base_to_new
 from toolkit.datacheck import check_overlap
+from toolkit.distill_checks import check_student_kind, check_teacher_kind, given_intermediate, vlm_contract
 from toolkit.evaluation import evaluate_student
 from toolkit.recipe import Recipe, recipe_to_yaml
 from toolkit.rundir import prepare_run_dir, update_manifest
@@ -100,130 +98,6 @@ def lavid_targets(cfg: DistillConfig, names: list[str], prompts: list[str]) -> t
             tokens = text.tokenize(prompts)
             return text.encode_embeddings(text.token_embeddings(tokens), tokens)
     return torch.from_numpy(load_signatures(cfg.lavid.targets, names).table)
-
-
-def check_student_kind(method: Method, student: str, cfg: DistillConfig) -> None:
-    """A vision-language student trains only with a method made for one (FDBPL), and vice versa."""
-    if method.student_kind == "vlm" and not is_vlm_student(student):
-        raise ToolkitError(
-            f"student.name: method {method.name!r} trains a vision-language student (openclip:<model>/<pretrained>, "
-            f"e.g. openclip:ViT-B-32/openai), not the classifier {student!r}"
-        )
-    if method.student_kind != "vlm" and is_vlm_student(student):
-        raise ToolkitError(
-            f"student.name: {student!r} is a vision-language model; method {method.name!r} trains classifiers "
-            "(resnet18, mobilenetv2_100, any timm model); use distill.method: fdbpl for a prompt-learned student"
-        )
-    if method.student_kind != "vlm" and cfg.classes == "base":
-        raise ToolkitError(
-            f"distill.classes: 'base' holds half the classes back for zero-shot evaluation, which only a "
-            f"vision-language student can do (method fdbpl); method {method.name!r} trains a classifier of the "
-            "classes it sees: remove distill.classes"
-        )
-    if method.student_kind == "vlm" and cfg.lavid is not None:
-        raise ToolkitError(f"distill.lavid: method {method.name!r} has no LaViD auxiliary head; remove distill.lavid")
-
-
-def given_intermediate(spec: str, names: list[str]) -> torch.nn.Module:
-    """DAIT's second-stage teacher given instead of trained: a stage-1 output file, or ``run:<dir>``, the
-    student of another toolkit run (e.g. a big fine-tuned classifier), which must know the dataset's classes."""
-    if not spec.startswith("run:"):
-        return load_intermediate(Path(spec), len(names))[0]
-    from distill.teachers.classifier import run_teacher
-
-    teacher = run_teacher(spec.removeprefix("run:"))
-    if teacher.class_names != names:
-        raise ToolkitError(
-            f"distill.intermediate_teacher: {spec} was trained on {teacher.class_names}, the dataset has {names}; "
-            "it must know exactly the dataset's classes, in the same order"
-        )
-    return teacher.net
-
-
-def check_teacher_kind(teacher: Teacher, method: Method, cfg: DistillConfig, names: list[str]) -> None:
-    """A classifier teacher (run:, timm:) serves the methods that only need its outputs, and must know exactly
-    the dataset's classes."""
-    if teacher.kind not in method.teacher_kinds:
-        raise ToolkitError(
-            f"distill.teacher: {teacher.spec} is an image classifier; method {method.name!r} needs a vision-language "
-            "teacher (openclip:, conse:). Classifier teachers serve the methods kd and rkd"
-        )
-    if teacher.kind != "classifier":
-        return
-    known = getattr(teacher, "class_names", None)
-    count = int(getattr(teacher, "num_classes", len(names)))
-    if (known is not None and list(known) != list(names)) or count != len(names):
-        theirs = list(known) if known is not None else f"{count} classes"
-        raise ToolkitError(
-            f"distill.teacher: {teacher.spec} was trained on {theirs}, the dataset has {names}; a checkpoint teacher "
-            "must know exactly the dataset's classes, in the same order"
-        )
-    if cfg.anchors:
-        raise ToolkitError(
-            f"distill.anchors: teacher {teacher.spec} is a classifier and uses no text anchors; remove it"
-        )
-
-
-def vlm_contract(student: VLMStudent, recipe: Recipe, names: list[str]) -> PreprocessContract:
-    """A vision-language student sees images as its own towers were trained to: its preprocessing is the
-    contract. A preprocess key the recipe sets to something else is an error naming it."""
-    own = student.vlm.contract
-    given = recipe.preprocess
-    for key in sorted(recipe.preprocess_given()):
-        value = getattr(given, key)
-        mine = getattr(own, key)
-        if key == "input_size" and isinstance(value, int):
-            value = (value, value)
-        if key == "resize_size" and isinstance(mine, tuple):
-            mine = mine[0]
-        if value is not None and (tuple(value) if isinstance(value, (list, tuple)) else value) != mine:
-            raise ToolkitError(
-                f"preprocess.{key}: {value!r}, but the vision-language student {student.spec} was trained with "
-                f"{mine!r}; remove preprocess.{key} (its own preprocessing is used)"
-            )
-    return dataclasses.replace(own, class_names=tuple(names))
-
-
-def base_to_new(student: VLMStudent, base: Dataset, new: Dataset, initial: torch.Tensor | None,
-                contract: PreprocessContract, recipe: Recipe, console: Console) -> dict[str, Any]:  # fmt: skip
-    """Top-1 on the base classes (among base) and on the held-back new classes (among new, embedded with the
-    learned prompt), their harmonic mean, and the same with the initial hand-written prompt for reference.
-    The image tower runs once per test image; each prompt only re-embeds the class names."""
-    from torch import nn
-
-    class Features(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.student = student
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.student.image_features(x)
-
-    def prompts_of(dataset: Dataset) -> list[str]:
-        names = list(dataset.class_names)
-        return [prompt_name(n) for n in names] if recipe.distill and recipe.distill.prompt_names else names
-
-    def hm(a: float, b: float) -> float:
-        return 2 * a * b / (a + b) if a + b else 0.0
-
-    batch, cpu = recipe.train.eval_batch_size, torch.device("cpu")
-    features = {part: torch.from_numpy(predict_logits(Features(), d, contract, batch, cpu))
-                for part, d in (("base", base), ("new", new))}  # fmt: skip
-    out: dict[str, Any] = {"new_classes": list(new.class_names), "base_n": len(base), "new_n": len(new)}
-    for label, context in (("learned", student.pos_context), ("initial", initial)):
-        if context is None:
-            continue
-        top1 = {}
-        for part, dataset in (("base", base), ("new", new)):
-            with torch.no_grad():
-                emb = F.normalize(student.encode_classes(context.detach(), prompts_of(dataset)).float(), dim=-1)
-            pred = (features[part] @ emb.T).argmax(1).numpy()
-            top1[part] = float((pred == dataset.labels).mean())
-        b, n = top1["base"], top1["new"]
-        out[label] = {"base_top1": b, "new_top1": n, "hm": hm(b, n)}
-        console.print(f"base-to-new ({label} prompt): base {b:.4f}, new {n:.4f}, harmonic mean {hm(b, n):.4f} "
-                      f"({len(base)} / {len(new)} test images)")  # fmt: skip
-    return out
 
 
 def run_distill(recipe: Recipe, run_dir: Path, force: bool = False, resume: bool = False,
