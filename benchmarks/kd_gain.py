@@ -35,6 +35,7 @@ from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.training import run_train  # noqa: E402
 
 METHODS = {"ce": "w/o KD", "kd": "KD", "rkd": "RKD"}
+TRAIN_S: list[float] = []  # students' training seconds, as their runs recorded them
 
 
 def recipe(path: Path, name: str, model: str, train: Path, test: Path, args: argparse.Namespace, seed: int,
@@ -74,9 +75,11 @@ def distill(work: Path, tag: str, method: str, teacher: Path, train: Path, test:
                "cache": {"crops": args.crops, "scale": [0.5, 1.0], "dir": str(work / f"cache-{tag}")}}  # fmt: skip
     r = recipe(work / f"{tag}-{method}-{seed}.yaml", f"{tag}-{method}", args.student, train, test, args, seed, section)
     run = work / f"{tag}-{method}-{seed}"
-    if (run / "metrics.json").is_file() and (run / "config.yaml").is_file():  # a finished run in --work is reused
-        return float(yaml.safe_load((run / "metrics.json").read_text())["test_top1"])
-    return float(run_distill(load_recipe(r), run, force=True, console=console)["test_top1"])
+    if not ((run / "metrics.json").is_file() and (run / "config.yaml").is_file()):  # finished runs are reused
+        run_distill(load_recipe(r), run, force=True, console=console)
+    metrics = yaml.safe_load((run / "metrics.json").read_text())
+    TRAIN_S.append(float(metrics.get("train_time_s", 0.0)))
+    return float(metrics["test_top1"])
 
 
 def mean_std(values: list[float]) -> str:
@@ -129,7 +132,9 @@ def main() -> None:
         "# KD gain on Fashion-MNIST: checkpoint teacher -> smaller student",
         "",
         f"Command: `python benchmarks/kd_gain.py {' '.join(sys.argv[1:])}`; {cpu.get('model')} "
-        f"({platform.machine()}, {cpu.get('usable_cores')} cores; {flags}); {time.perf_counter() - t0:.0f} s.",
+        f"({platform.machine()}, {cpu.get('usable_cores')} cores; {flags}); students' training "
+        f"{sum(TRAIN_S) / 60:.0f} min in all (this invocation {time.perf_counter() - t0:.0f} s; runs already in "
+        "--work are reused).",
         "",
         f"Subset: {args.per_class} training / {args.test_per_class} test images per class at {args.size} px; "
         f"students {args.student}, {args.epochs} epochs SGD {args.lr}, last epoch, {len(args.seeds)} seeds; one "
