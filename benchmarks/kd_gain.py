@@ -2,7 +2,8 @@
 
 A teacher (default ResNet-18, 30 epochs) is trained with `toolkit train` on a class-balanced subset; then a
 smaller student (default resnet10t, 10 epochs) is distilled from it (`run:<teacher run>`) with w/o KD
-(cross-entropy), KD and RKD, on the same cached crops (one teacher cache: every method sees the same augmented images), over several seeds.
+(cross-entropy), KD and RKD, on the same cached crops (one teacher cache: every method sees the same augmented
+images), over several seeds.
 Few-shot variant: the teacher and the w/o-KD student see only ``--few-shot`` labelled images per class; the KD
 student sees the whole subset with the teacher's outputs only (alpha 1: the teacher labels the unlabelled rest).
 Runs already finished in ``--work`` are reused (the table can be rebuilt, or extended with seeds, cheaply).
