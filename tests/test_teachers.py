@@ -33,7 +33,7 @@ def tiny(tiny_config: Path):
 
 
 def test_registry_lists_and_rejects() -> None:
-    assert {b.scheme for b in list_teachers()} == {"openclip", "conse"}
+    assert {b.scheme for b in list_teachers()} == {"openclip", "conse", "run", "timm"}
     with pytest.raises(ToolkitError, match='Did you mean "openclip"'):
         create_teacher("openclp:ViT-B-32/openai")
     with pytest.raises(ToolkitError, match="expected conse:<vision>"):
