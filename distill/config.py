@@ -160,6 +160,11 @@ class CacheConfig(StrictModel):
     )
     resize: PositiveInt = Field(256, description="vl2lite: the image is first resized to resize x resize")
     size: PositiveInt = Field(224, description="vl2lite: the augmented view's side (then resized to each model's)")
+    teacher_input_size: PositiveInt | None = Field(
+        None,
+        description="the side each view is resized to for the teacher: null = the teacher's own input (256 for "
+        "convnext_xxlarge); 224 = the papers' code, which feeds the teacher the student's 224-px view",
+    )
     seed: int = 0
     batch_size: PositiveInt = Field(64, description="teacher batch size while building")
     shard_size: PositiveInt = Field(

@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,19 @@ class TeacherCache:
         return int(order[epoch % m])
 
 
+def teacher_view_contract(teacher: Teacher, size: int | None) -> PreprocessContract:
+    """The teacher's preprocessing with its input side set to ``size`` (None: its own). The papers' code feeds
+    its teacher the same 224-px view as the student; the teacher's own input (256 for convnext_xxlarge) is
+    ours. The resize side keeps the teacher's crop fraction."""
+    own = teacher.contract
+    if size is None or (size, size) == own.input_size:
+        return own
+    if size < 1:
+        raise ToolkitError(f"distill.cache.teacher_input_size: {size} must be a positive number of pixels")
+    resize = max(size, round(size * own.resize_size / own.input_size[0]))
+    return replace(own, input_size=(size, size), resize_size=resize)
+
+
 def cache_spec(
     teacher: Teacher,
     dataset: Dataset,
@@ -187,6 +200,7 @@ def cache_spec(
     seed: int,
     topk: int,
     anchors: torch.Tensor | None,
+    teacher_input_size: int | None = None,
 ) -> CacheSpec:
     if crops < 1:
         raise ToolkitError(f"crops per image must be at least 1, got {crops}")
@@ -203,7 +217,7 @@ def cache_spec(
         num_images=len(dataset),
         crops=crops,
         recipe=recipe.to_dict(),
-        teacher_input=teacher.contract.to_dict(),
+        teacher_input=teacher_view_contract(teacher, teacher_input_size).to_dict(),
         seed=seed,
         topk=topk,
         anchors_sha256=anchors_hash,
@@ -231,6 +245,7 @@ def build_cache(
     # into the same folder with another key is an error, not a silent mix of two caches).
     cache_lock = root / ".cache.lock"
     fd: int | None = None
+    _check_teacher_input(teacher, spec)
     _check_cache_space(root, spec, shard_size, rank, world_size, teacher.embed_dim)
     with write_errors(root):
         root.mkdir(parents=True, exist_ok=True)
@@ -293,6 +308,27 @@ def build_cache(
     finally:
         release(fd)
     return built
+
+
+@torch.no_grad()
+def _check_teacher_input(teacher: Teacher, spec: CacheSpec) -> None:
+    """A teacher fed another input size than its own (``teacher_input_size``) must be able to encode it: one
+    blank image is tried before the build, so a ViT with fixed position embeddings fails here, by name."""
+    own, asked = teacher.contract.to_dict(), spec.teacher_input
+    if own["input_size"] == asked["input_size"]:
+        return
+    h, w = asked["input_size"]
+    try:
+        out = teacher.encode_image(torch.zeros(1, 3, h, w))
+    except Exception as exc:  # noqa: BLE001 - any failure of the teacher's forward pass is reported the same way
+        raise ToolkitError(
+            f"distill.cache.teacher_input_size {h}: teacher {teacher.spec} cannot encode {h}x{w} images "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); remove the key to feed it "
+            f"its own input size {tuple(own['input_size'])}"
+        ) from exc
+    if tuple(out.shape) != (1, teacher.embed_dim):
+        raise ToolkitError(f"distill.cache.teacher_input_size {h}: teacher {teacher.spec} returned shape "
+                           f"{tuple(out.shape)} at {h}x{w}, expected (1, {teacher.embed_dim})")  # fmt: skip
 
 
 def _check_cache_space(root: Path, spec: CacheSpec, shard_size: int, rank: int, world: int, dim: int) -> None:

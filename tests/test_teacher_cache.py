@@ -199,3 +199,70 @@ def test_other_ranks_wait_for_rank_zero_on_a_stale_cache(setup, tmp_path: Path) 
     with pytest.raises(ToolkitError, match="rank 0 did not rewrite it"):
         _wait_for_key(tmp_path / "c" / "manifest.json", fresh, 5, timeout_s=0.2)
     _wait_for_key(tmp_path / "c" / "manifest.json", TeacherCache(tmp_path / "c").spec, 5, timeout_s=0.2)
+
+
+def test_teacher_input_size_feeds_the_teacher_the_view_at_that_side(setup, tmp_path: Path) -> None:
+    """distill.cache.teacher_input_size: the papers' code feeds the teacher the 224-px view, not its own input
+    size. The teacher encodes each replayed view at the asked side, the key records it, a teacher that cannot
+    encode that side is refused by name before anything is written."""
+    import timm
+
+    from distill.teacher_cache import teacher_view_contract
+    from distill.teachers.classifier import ClassifierTeacher
+
+    _, dataset, _, _ = setup
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=4)
+    own = PreprocessContract(input_size=32, resize_size=36, class_names=dataset.class_names)
+    cnn = ClassifierTeacher(net, "timm:resnet10t", own, list(dataset.class_names), 4)
+    asked = teacher_view_contract(cnn, 24)
+    assert asked.input_size == (24, 24) and asked.resize_size == 27 and teacher_view_contract(cnn, None) is own
+    recipe = CropRecipe(pipeline="vl2lite", resize=40, size=24)
+    spec = cache_spec(cnn, dataset, 2, recipe, 0, 0, None, teacher_input_size=24)
+    assert spec != cache_spec(cnn, dataset, 2, recipe, 0, 0, None)  # another key: never mixed with its own size
+    build_cache(tmp_path / "c", cnn, dataset, spec, shard_size=5)
+    cache = TeacherCache(tmp_path / "c")
+    from distill.crops import view_input
+
+    for i, c in [(0, 0), (len(dataset) - 1, 1)]:
+        box, flip, stored = cache.record(i, c)
+        x = view_input(dataset.image(i), box, flip, cache.augment(i, c), recipe, asked)
+        assert x.shape == (3, 24, 24)  # the 24-px view as it is, no resize to the teacher's 32
+        with torch.no_grad():
+            fresh = cnn.encode_image(torch.from_numpy(x)[None])[0]
+        np.testing.assert_allclose(stored.astype(np.float32), fresh.numpy(), rtol=2e-3, atol=2e-3)
+    # Through a recipe: distill.cache.teacher_input_size reaches the cache `toolkit distill` opens.
+    from rich.console import Console
+
+    from distill.config import CacheConfig, DistillConfig
+    from distill.distributed import DistContext
+    from toolkit.distilling import open_cache
+
+    cfg = DistillConfig(method="kd", cache=CacheConfig(crops=2, teacher_input_size=24, dir=str(tmp_path / "r")))
+    opened = open_cache(cnn, dataset, cfg, tmp_path / "run", Console(quiet=True),
+                        DistContext(0, 1, 0, torch.device("cpu")))  # fmt: skip
+    assert opened.spec.teacher_input["input_size"] in ([24, 24], (24, 24))
+    # The tiny OpenCLIP ViT has position embeddings for 32 px only.
+    vit = setup[0]
+    bad = cache_spec(vit, dataset, 2, CropRecipe(), 0, 0, None, teacher_input_size=16)
+    with pytest.raises(ToolkitError, match="teacher_input_size 16: teacher .* cannot encode 16x16"):
+        build_cache(tmp_path / "v", vit, dataset, bad, shard_size=5)
+    assert not (tmp_path / "v").exists()
+
+
+def test_cache_build_command_takes_the_vl2lite_pipeline(setup, tmp_path: Path) -> None:
+    _, _, config, data = setup
+    base = ["cache", "build", "--out", str(tmp_path / "c"), "--data", str(data), "--crops", "1", "--teacher",
+            TINY_CLIP_SPEC, "--openclip-config", str(config)]  # fmt: skip
+    res = CliRunner().invoke(app, [*base, "--pipeline", "vl2lite", "--resize", "40", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    cache = TeacherCache(tmp_path / "c")
+    assert cache.spec.recipe["pipeline"] == "vl2lite" and cache.augment(0, 0).shape == (16,)
+    res = CliRunner().invoke(app, ["cache", "verify", str(tmp_path / "c")])
+    assert res.exit_code == 0 and "(vl2lite), teacher" in res.output and "at 32x32 px" in res.output
+    for extra, message in [(["--pipeline", "vl2lite", "--scale", "0.1", "1"], "--scale is not used"),
+                           (["--resize", "300"], "--resize and --size are used by --pipeline vl2lite only"),
+                           (["--pipeline", "v2lite"], "pipeline 'v2lite' is not one of")]:  # fmt: skip
+        res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "bad"), *extra])
+        assert res.exit_code != 0 and message in f"{res.exception}{res.output}", res.output
+        assert not (tmp_path / "bad").exists()

@@ -22,6 +22,7 @@ from toolkit.teaching import TEACHER_PACKAGES, build_teacher, open_data
 def run_cache_build(
     out: Path, spec: str, data: str, crops: int, recipe: CropRecipe, seed: int, shard_size: int, topk: int,
     template: str | None, anchors_file: Path | None, console: Console, openclip_config: Path | None = None,
+    teacher_input_size: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Build (or finish, or rebuild if stale) the cache; rank and world size come from torchrun's env."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -33,7 +34,7 @@ def run_cache_build(
     elif topk and template:
         with torch.no_grad():
             anchors = teacher.class_anchors(list(dataset.class_names), template)
-    key = cache_spec(teacher, dataset, crops, recipe, seed, topk, anchors)
+    key = cache_spec(teacher, dataset, crops, recipe, seed, topk, anchors, teacher_input_size)
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:

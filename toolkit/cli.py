@@ -697,6 +697,14 @@ def cache_build(
     crops: Annotated[int, typer.Option(help="Crops per image (M).")] = 8,
     scale: Annotated[tuple[float, float], typer.Option(help="RandomResizedCrop area range.")] = (0.35, 1.0),
     hflip: Annotated[float, typer.Option(help="Horizontal flip probability.")] = 0.5,
+    pipeline: Annotated[
+        str, typer.Option(help="crop: RandomResizedCrop + flip; vl2lite: the papers' augmentation, every draw stored.")
+    ] = "crop",
+    resize: Annotated[int, typer.Option(help="vl2lite: first resize to resize x resize.")] = 256,
+    size: Annotated[int, typer.Option(help="vl2lite: the augmented view's side.")] = 224,
+    teacher_input_size: Annotated[
+        int | None, typer.Option(min=1, help="Side the teacher sees each view at (default: its own input size).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Crop sampling seed.")] = 0,
     shard_size: Annotated[int, typer.Option(help="Images per shard (the unit of resume and of sharding).")] = 1024,
     topk: Annotated[
@@ -710,9 +718,25 @@ def cache_build(
     from distill.crops import CropRecipe
     from toolkit.caching import run_cache_build
 
-    recipe = CropRecipe(scale=scale, hflip=hflip)
+    if pipeline == "vl2lite" and scale != (0.35, 1.0):
+        raise ToolkitError("--scale is not used by --pipeline vl2lite (it draws its own crops); remove it")
+    if pipeline == "crop" and (resize, size) != (256, 224):
+        raise ToolkitError("--resize and --size are used by --pipeline vl2lite only; remove them")
+    recipe = CropRecipe(scale=scale, hflip=hflip, pipeline=pipeline, resize=resize, size=size)
     r = run_cache_build(
-        out_dir, teacher, data, crops, recipe, seed, shard_size, topk, template, anchors, console, openclip_config
+        out_dir,
+        teacher,
+        data,
+        crops,
+        recipe,
+        seed,
+        shard_size,
+        topk,
+        template,
+        anchors,
+        console,
+        openclip_config,
+        teacher_input_size,
     )
     out.print(f"{out_dir}: {r['built_shards']} shard(s) built in {r['seconds']:.1f}s for {r['images']} images"
               + ("" if r["complete"] else " (this rank's part)"))  # fmt: skip
@@ -725,8 +749,10 @@ def cache_verify(path: Annotated[Path, typer.Argument(help="Cache directory.")])
 
     cache = TeacherCache(path, verify=True)
     s = cache.spec
+    side = "x".join(str(v) for v in s.teacher_input["input_size"])
     out.print(
-        f"{path}: OK, {s.num_images} images x {s.crops} crops of {s.dataset}, teacher {s.teacher}, top-K {s.topk}"
+        f"{path}: OK, {s.num_images} images x {s.crops} crops of {s.dataset} ({s.recipe.get('pipeline', 'crop')}), "
+        f"teacher {s.teacher} at {side} px, top-K {s.topk}"
     )
 
 

@@ -60,7 +60,7 @@ def open_cache(teacher: Teacher, data: Dataset, cfg: DistillConfig, run_dir: Pat
     each crop's top-K logits against ``anchors`` and their log-sum-exp (FDBPL)."""
     c = cfg.cache
     recipe = c.recipe()
-    key = cache_spec(teacher, data, c.crops, recipe, c.seed, topk, anchors)
+    key = cache_spec(teacher, data, c.crops, recipe, c.seed, topk, anchors, c.teacher_input_size)
     root = _cache_dir(cfg, run_dir, key.to_dict())
     say = console.print if ctx.is_main else (lambda *a, **k: None)
     if (root / "manifest.json").is_file():
