@@ -50,6 +50,12 @@ class ScheduleConfig(StrictModel):
         description="multistep schedule: multiply by gamma at the start of each of these epochs (torch's "
         "MultiStepLR; LaViD: [150, 180, 210])",
     )
+    cosine_epochs: PositiveInt | None = Field(
+        None,
+        description="cosine schedule: torch's CosineAnnealingLR(T_max = N) stepped once per epoch, which keeps "
+        "following the cosine past N (PAND's code: 100 over 300 epochs, so the lr falls, rises and falls again); "
+        "null: one per-step cosine over the whole training (ours)",
+    )
 
     @model_validator(mode="after")
     def _milestones(self) -> ScheduleConfig:
@@ -57,6 +63,8 @@ class ScheduleConfig(StrictModel):
             raise ValueError("schedule multistep needs milestones, e.g. milestones: [150, 180, 210]")
         if self.milestones and self.name != "multistep":
             raise ValueError(f"milestones {self.milestones} are used only by schedule multistep, not {self.name!r}")
+        if self.cosine_epochs is not None and self.name != "cosine":
+            raise ValueError(f"cosine_epochs {self.cosine_epochs} is used only by schedule cosine, not {self.name!r}")
         if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
             raise ValueError(f"milestones {self.milestones} must increase strictly")
         return self

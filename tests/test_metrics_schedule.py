@@ -59,9 +59,28 @@ def test_multistep_by_hand_and_like_torch_multisteplr() -> None:
     assert by_epoch == pytest.approx(torch_lrs)
 
 
+def test_cosine_epochs_is_torchs_cosineannealinglr_stepped_per_epoch_and_periodic() -> None:
+    # PAND's code: CosineAnnealingLR(T_max = 100, eta_min = 1e-5 = 0.1 lr) over 300 epochs; here T_max 4 over 12.
+    cfg = ScheduleConfig(name="cosine", cosine_epochs=4, min_lr_ratio=0.1)
+    by_epoch = [lr_factor(cfg, e * 5, 5, 12) for e in range(12)]
+    assert by_epoch[0] == 1.0 and by_epoch[4] == pytest.approx(0.1) and by_epoch[8] == pytest.approx(1.0)
+    assert by_epoch[2] == pytest.approx(0.1 + 0.9 * 0.5)  # cos(pi/2) = 0: halfway between lr and the floor
+    assert lr_factor(cfg, 5 * 1 + 4, 5, 12) == by_epoch[1]  # constant within an epoch (interval: epoch)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=0.1)
+    torch_lrs = []
+    for _ in range(12):
+        torch_lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert by_epoch == pytest.approx(torch_lrs)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"name": "step", "cosine_epochs": 100}, "used only by schedule cosine"),
         ({"name": "multistep"}, "needs milestones"),
         ({"name": "cosine", "milestones": [3]}, "used only by schedule multistep"),
         ({"name": "multistep", "milestones": [5, 3]}, "must increase strictly"),
