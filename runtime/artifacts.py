@@ -45,6 +45,8 @@ KNOWN = {
     "executorch": ("ExecuTorch FP32 (XNNPACK)", "executorch", "fp32"),
     "int8_executorch": ("ExecuTorch INT8 (XNNPACK)", "executorch", "int8"),
     "ncnn": ("NCNN FP32", "ncnn", "fp32"),
+    "litert": ("LiteRT FP32 (XNNPACK)", "litert", "fp32"),
+    "int8_litert": ("LiteRT INT8, full integer", "litert", "int8"),
     "coreml": ("Core ML FP16 (ML Program)", "coreml", "fp16"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
@@ -59,6 +61,8 @@ REFERENCE = {
     "int8_tensorrt_qad": "onnx",
     "executorch": "student",
     "int8_executorch": "executorch",
+    "litert": "student",
+    "int8_litert": "litert",
 }
 # TensorRT engines built from an exported ONNX file: the file's manifest key -> (the engine's key, label, precision,
 # file stem: the engine is <stem>.<gpu>.engine).
@@ -148,6 +152,10 @@ def backend_unavailable_reason(backend: str) -> str | None:
         from runtime.classifier import coreml_unavailable_reason
 
         return coreml_unavailable_reason()
+    if backend == "litert":  # the converter (litert-torch) installs the interpreter, but a device may lack it
+        from runtime.litert import litert_unavailable_reason
+
+        return litert_unavailable_reason()
     return None
 
 

@@ -449,7 +449,7 @@ def open_classifier(
     settings: dict[str, object] | None = None,
 ) -> Classifier:
     """The right session for a model file, by its kind: .onnx, OpenVINO .xml, a TensorRT .engine, an
-    ExecuTorch .pte or an NCNN .param."""
+    ExecuTorch .pte, an NCNN .param, a Core ML .mlpackage or a LiteRT .tflite."""
     path = Path(path)
     if path.suffix == ".onnx":
         return OnnxClassifier(path, providers, threads, provider_options, settings)
@@ -463,8 +463,13 @@ def open_classifier(
         return NcnnClassifier(path, threads, settings)
     if path.suffix == ".mlpackage":
         return CoreMLClassifier(path)
+    if path.suffix == ".tflite":
+        from runtime.litert import LiteRTClassifier
+
+        return LiteRTClassifier(path, threads)
     raise ToolkitError(
-        f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine, ExecuTorch .pte or NCNN .param"
+        f"{path}: unknown model kind; expected .onnx, OpenVINO .xml, TensorRT .engine, ExecuTorch .pte, NCNN .param, "
+        "Core ML .mlpackage or LiteRT .tflite"
     )
 
 

@@ -176,6 +176,10 @@ def graph_precision(path: Path) -> str:
         from runtime.classifier import ExecuTorchClassifier
 
         return ExecuTorchClassifier(path).precision
+    if path.suffix == ".tflite":  # so does a LiteRT model (its toolkit.precision metadata)
+        from runtime.litert import META_PRECISION, read_metadata
+
+        return read_metadata(path.read_bytes(), path).get(META_PRECISION, b"fp32").decode()
     return "int8"
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from runtime.errors import ToolkitError, did_you_mean
 
-BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn", "coreml")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "executorch", "ncnn", "coreml", "litert")
 # Backends whose Python runtime imports torch (on the device their C++ runtime does not): `toolkit targets` says so.
 NEEDS_TORCH = ("executorch",)
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -64,6 +64,12 @@ class TargetProfile:
             from runtime.classifier import coreml_unavailable_reason
 
             reason = coreml_unavailable_reason()
+            if reason:
+                return reason
+        elif self.backend == "litert":
+            from runtime.litert import litert_unavailable_reason
+
+            reason = litert_unavailable_reason()
             if reason:
                 return reason
         elif self.backend in ("executorch", "ncnn"):

@@ -19,17 +19,18 @@ from toolkit.mobile_export import check_formats
 pytest.importorskip("executorch")
 pytest.importorskip("ncnn")
 pytest.importorskip("coremltools")
+pytest.importorskip("litert_torch")
 
 
 def test_formats_are_checked_before_export() -> None:
-    with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn, coreml. Did you"):
+    with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn, coreml, litert. Did"):
         check_formats(("executorh",))
     with pytest.raises(ToolkitError, match="--int8 --format ncnn: NCNN INT8 needs .*export NCNN without --int8"):
         check_formats(("executorch", "ncnn"), int8=True)
     with pytest.raises(ToolkitError, match="--int8 --format coreml: Core ML INT8 .* calibrates by running Core ML"):
         check_formats(("coreml",), int8=True)
-    check_formats(("executorch", "ncnn", "coreml"))
-    check_formats(("executorch",), int8=True)
+    check_formats(("executorch", "ncnn", "coreml", "litert"))
+    check_formats(("executorch", "litert"), int8=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     runner = CliRunner()
-    args = ["export", str(tiny_run), "--int8", "--format", "executorch", *LENIENT_GUARD, "--held-out-images",
-            "8", "--calib-size", "8"]  # fmt: skip
+    args = ["export", str(tiny_run), "--int8", "--format", "executorch", "--format", "litert", *LENIENT_GUARD,
+            "--held-out-images", "8", "--calib-size", "8"]  # fmt: skip
     res = runner.invoke(app, [*args, "--format", "ncnn"])  # no NCNN INT8 here: refused before anything is written
     assert isinstance(res.exception, ToolkitError) and not (tiny_run / "model.onnx").exists()
     res = runner.invoke(app, args)
@@ -57,16 +58,20 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     assert exports["executorch"]["parity"]["passed"] and exports["executorch"]["file"] == "model.pte"
     assert exports["int8_executorch"]["guard"]["verdict"] == "PASS" and exports["int8_executorch"]["delegate_calls"]
     assert exports["ncnn"]["parity"]["passed"] and exports["ncnn"]["file"] == "model.ncnn/model.param"
+    assert exports["litert"]["parity"]["passed"] and exports["litert"]["file"] == "model.tflite"
+    assert exports["int8_litert"]["guard"]["verdict"] == "PASS" and exports["int8_litert"]["io"]["input"] == "int8"
     assert "executorch" in exports  # a later export keeps the earlier ones' entries
     coreml = exports["coreml"]
     assert coreml["file"] == "model.mlpackage" and coreml["spec_check"] == "passed"
     if platform.system() != "Darwin":  # parity needs Core ML predictions
         assert "macOS only" in coreml["parity"]["skipped"]
-    assert {"executorch", "int8_executorch", "ncnn"} <= {a.key for a in run_artifacts(tiny_run)}
+    keys = {a.key for a in run_artifacts(tiny_run)}
+    assert {"executorch", "int8_executorch", "ncnn", "litert", "int8_litert"} <= keys
     test = write_image_folder(tiny_run.parent / "test", per_class=2, seed=3, size=20)
     res = runner.invoke(app, ["eval", str(tiny_run), "--data", str(test), "--artifact", "all"])
     assert res.exit_code == 0, res.output
     assert "ExecuTorch INT8 (XNNPACK)" in res.output and "NCNN FP32" in res.output
+    assert "LiteRT INT8, full integer" in res.output
     if platform.system() != "Darwin":
         assert "Core ML FP16 (ML Program): not evaluated here: Core ML predicts on macOS only" in res.output
     res = runner.invoke(app, ["bench", str(tiny_run), "--target", "executorch-xnnpack-cpu", "--min-duration",
@@ -80,6 +85,11 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     assert res.exit_code == 0, res.output
     bench = json.loads((tiny_run / "bench" / "ncnn-cpu.json").read_text())
     assert [r["artifact"] for r in bench["artifacts"]] == ["ncnn"]
+    res = runner.invoke(app, ["bench", str(tiny_run), "--target", "litert-cpu", "--min-duration", "0.05",
+                              "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    bench = json.loads((tiny_run / "bench" / "litert-cpu.json").read_text())
+    assert [r["artifact"] for r in bench["artifacts"]] == ["litert", "int8_litert"]
 
 
 def test_a_missing_exporter_package_names_the_extra() -> None:

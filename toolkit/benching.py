@@ -48,10 +48,10 @@ def _session(artifact: Artifact, target: TargetProfile, settings: dict[str, Any]
 
 def _model_artifact(path: Path) -> Artifact:
     kind = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt",
-            ".pte": "executorch", ".param": "ncnn"}.get(path.suffix)  # fmt: skip
+            ".pte": "executorch", ".param": "ncnn", ".tflite": "litert"}.get(path.suffix)  # fmt: skip
     if kind is None or not path.is_file():
         raise ToolkitError(f"{path}: not a run directory or a model file (.onnx, OpenVINO .xml, TensorRT .engine, "
-                           "ExecuTorch .pte, NCNN .param)")  # fmt: skip
+                           "ExecuTorch .pte, NCNN .param, LiteRT .tflite)")  # fmt: skip
     return Artifact(path.name, path.name, kind, graph_precision(path), path, path.stat().st_size)
 
 

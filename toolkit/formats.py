@@ -62,9 +62,13 @@ FORMATS = {
                          ("pnnx", "ncnn"), (), "NCNN param/bin through PNNX (no INT8 path here)"),
     "coreml": ExportFormat("coreml", "--format coreml", {"fp16": "model.mlpackage"}, ("coreml",), "mobile",
                            ("coremltools",), (), "Core ML ML Program, FP16 (runs on macOS)"),
+    "litert": ExportFormat("litert", "--format litert [--int8]", {"fp32": "model.tflite", "int8": "model.int8.tflite"},
+                           ("litert",), "litert (scripts/install-litert.sh)",
+                           ("litert_torch", "ai_edge_litert", "litert_converter", "jax"), GUARD_OPTIONS,
+                           "LiteRT (TFLite) through litert-torch; INT8 full integer (int8 input and output)"),
 }  # fmt: skip
 INT8_BACKENDS = ("onnxruntime", "tensorrt", "openvino")  # `--backend`: one INT8 form each
-MOBILE = ("executorch", "ncnn", "coreml")  # `--format`
+MOBILE = ("executorch", "ncnn", "coreml", "litert")  # `--format`
 
 
 def get_format(name: str) -> ExportFormat:

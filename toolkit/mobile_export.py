@@ -63,6 +63,12 @@ MOBILE_FORMATS = {
         "coreml", FORMATS["coreml"].file("fp16"), None, "Core ML ML Program, FP16 compute (iOS 17 / macOS 14)", "",
         "export.coreml_export", parity_tolerance=2e-2,
     ),
+    "litert": MobileFormat(
+        "litert", FORMATS["litert"].file("fp32"), FORMATS["litert"].file("int8"),
+        "LiteRT (TFLite) flatbuffer through litert-torch, FP32",
+        "LiteRT full-integer INT8 (PT2E, symmetric: weights per channel, activations per tensor; int8 I/O)",
+        "export.litert_export",
+    ),
 }  # fmt: skip
 
 

@@ -1,0 +1,94 @@
+"""LiteRT (TFLite) flatbuffers through litert-torch: FP32 and full-integer INT8 with the contract in the file's
+metadata table, and the torch-free session that reads them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from torch import nn
+
+from runtime.classifier import open_classifier
+from runtime.errors import ToolkitError
+from runtime.layer_costs import graph_precision
+from runtime.litert import META_PRECISION, LiteRTClassifier, read_metadata
+from runtime.preprocess import PreprocessContract
+
+pytest.importorskip("litert_torch")
+SIZE = 12
+CONTRACT = PreprocessContract(input_size=(SIZE, SIZE), resize_size=SIZE, class_names=("a", "b", "c"))
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+
+
+def test_fp32_and_full_integer_int8_carry_the_contract_and_match_the_model(tmp_path: Path) -> None:
+    from export.litert_export import export_litert
+
+    model = tiny()
+    x = np.random.default_rng(0).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    info = export_litert(model, CONTRACT, tmp_path / "m.tflite")
+    assert info["io"] == {"input": "float32", "output": "float32"} and info["ops"].get("CONV_2D") == 1
+    fp32 = open_classifier(tmp_path / "m.tflite", threads=1)
+    assert isinstance(fp32, LiteRTClassifier) and fp32.contract == CONTRACT and fp32.precision == "fp32"
+    np.testing.assert_allclose(fp32.run(x), reference, atol=1e-5)  # five images, one invoke each
+    info = export_litert(model, CONTRACT, tmp_path / "m.int8.tflite", calibration=[x[:3], x[3:]])
+    assert info["io"] == {"input": "int8", "output": "int8"}  # full integer: int8 in and out
+    int8 = LiteRTClassifier(tmp_path / "m.int8.tflite")
+    assert int8.precision == "int8" and int8.io() == {"input": "int8", "output": "int8"}
+    assert graph_precision(tmp_path / "m.int8.tflite") == "int8" and graph_precision(tmp_path / "m.tflite") == "fp32"
+    out = int8.run(x)  # the session quantizes the float input and dequantizes the logits
+    assert out.dtype == np.float32 and not np.array_equal(out, fp32.run(x))
+    np.testing.assert_allclose(out, reference, atol=0.1 * np.abs(reference).max())
+    meta = read_metadata((tmp_path / "m.int8.tflite").read_bytes(), tmp_path / "m.int8.tflite")
+    assert meta[META_PRECISION] == b"int8" and "min_runtime_version" in meta  # the converter's entries stay
+    # On a device: the session runs with torch absent.
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import importlib.abc, sys, numpy as np\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch': raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from runtime.litert import LiteRTClassifier\n"
+        f"out = LiteRTClassifier({str(tmp_path / 'm.int8.tflite')!r}).run(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, out)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), out)
+
+
+def test_bad_tflite_files_are_named(tmp_path: Path) -> None:
+    import litert_torch
+
+    with pytest.raises(ToolkitError, match="LiteRT model not found"):
+        LiteRTClassifier(tmp_path / "missing.tflite")
+    (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(ToolkitError, match="junk.tflite: not a LiteRT flatbuffer"):
+        LiteRTClassifier(tmp_path / "junk.tflite")
+    bare = litert_torch.convert(tiny(), (torch.zeros(1, 3, SIZE, SIZE),)).model_content()  # no contract inside
+    (tmp_path / "bare.tflite").write_bytes(bare)
+    with pytest.raises(ToolkitError, match="no toolkit.preprocess metadata; export it with `toolkit export"):
+        LiteRTClassifier(tmp_path / "bare.tflite")
+
+
+def test_a_missing_interpreter_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from runtime.litert import litert_unavailable_reason
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ai_edge_litert" else real(n, *a))
+    assert "pip install 'edge-distill-toolkit[litert]'" in (litert_unavailable_reason() or "")
