@@ -19,6 +19,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
+import subprocess
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,27 +60,30 @@ def export_litert(
     reason = unavailable_reason()
     if reason:
         raise ToolkitError(f"cannot export to LiteRT here: {reason}")
-    import litert_torch
-
     path = Path(path)
     h, w = contract.input_size
-    example = (torch.zeros(1, 3, h, w),)
-    stage = "conversion (litert-torch)"
-    try:
-        # The converter prints its MLIR passes and timings; the console says what matters.
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            if calibration is None:
-                edge = litert_torch.convert(model.eval(), example)
-            else:
-                stage = "INT8 quantization (PT2E, litert-torch's symmetric quantizer)"
-                quantized, quantizer = _quantized(model.eval(), example, calibration)
-                from litert_torch.quantize.quant_config import QuantConfig
-
-                stage = "conversion of the INT8 graph (litert-torch)"
-                edge = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-            raw = edge.model_content()
-    except Exception as exc:  # noqa: BLE001 - export, quantization and conversion raise many kinds
-        raise ToolkitError(f"LiteRT export failed at {stage}: {type(exc).__name__}: {exc}") from exc
+    # litert-torch brings jax, whose threads make any later fork of this process unsafe (DataLoader workers,
+    # NNCF): the conversion runs in a child interpreter, handed the traced program (torch.export's own format)
+    # and the calibration images; only the flatbuffer comes back.
+    with tempfile.TemporaryDirectory(prefix="litert-") as tmp:
+        work = Path(tmp)
+        try:
+            with torch.no_grad():
+                program = torch.export.export(model.eval(), (torch.zeros(1, 3, h, w),))
+        except Exception as exc:  # noqa: BLE001 - torch.export raises many kinds
+            raise ToolkitError(f"LiteRT export failed at torch.export: {type(exc).__name__}: {exc}") from exc
+        torch.export.save(program, work / "model.pt2")
+        args = [sys.executable, "-m", "export.litert_export", str(work / "model.pt2"), str(work / "model.tflite"),
+                f"{h}x{w}"]  # fmt: skip
+        if calibration is not None:
+            np.save(work / "calibration.npy", np.concatenate(calibration).astype(np.float32))
+            args.append(str(work / "calibration.npy"))
+        res = subprocess.run(args, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        if res.returncode != 0:
+            said = [line for line in res.stderr.splitlines() if line.startswith(_FAILED)]
+            tail = said[-1][len(_FAILED) :] if said else "\n".join(res.stderr.strip().splitlines()[-5:])
+            raise ToolkitError(f"LiteRT export failed {tail}")
+        raw = (work / "model.tflite").read_bytes()
     precision = "int8" if calibration is not None else "fp32"
     meta = {META_PREPROCESS: contract.to_json(), META_FORMAT: FORMAT, META_PRECISION: precision}
     buffer = with_metadata(raw, meta)
@@ -84,15 +91,46 @@ def export_litert(
     return {"converter": "litert-torch", **describe(buffer)}
 
 
-def _quantized(model: nn.Module, example: tuple[torch.Tensor], calibration: list[np.ndarray]) -> tuple[Any, Any]:
+_FAILED = "toolkit-litert-failed: "
+
+
+def _convert(program: Path, size: tuple[int, int], calibration: np.ndarray | None) -> bytes:
+    """In the child interpreter: the traced program as a .tflite's bytes (FP32, or full-integer INT8 when
+    calibration images are given)."""
+    import litert_torch
+
+    module = torch.export.load(program).module()
+    example = (torch.zeros(1, 3, *size),)
+    stage = "at conversion (litert-torch)"
+    try:
+        # The converter prints its MLIR passes and timings; the console says what matters.
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            if calibration is None:
+                edge = litert_torch.convert(module, example)
+            else:
+                stage = "at INT8 quantization (PT2E, litert-torch's symmetric quantizer)"
+                quantized, quantizer = _quantized(module, example, calibration)
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                stage = "at conversion of the INT8 graph (litert-torch)"
+                edge = litert_torch.convert(quantized, example, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+            return edge.model_content()
+    except Exception as exc:  # noqa: BLE001 - export, quantization and conversion raise many kinds
+        missing = re.search(r"Lowering not found: (\S+)", str(exc))
+        if missing:  # an op of the student that LiteRT cannot express
+            raise ToolkitError(f"{stage}: the student's op {missing.group(1)} has no LiteRT (TFLite) lowering in "
+                               "litert-torch; export another format or replace the op") from None  # fmt: skip
+        raise ToolkitError(f"{stage}: {type(exc).__name__}: {exc}") from None
+
+
+def _quantized(model: nn.Module, example: tuple[torch.Tensor], calibration: np.ndarray) -> tuple[Any, Any]:
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
     prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
-    for batch in calibration:  # the traced graph takes one image at a time, as the .tflite does
-        for image in batch:
-            prepared(torch.from_numpy(np.ascontiguousarray(image[None])))
+    for image in calibration:  # the traced graph takes one image at a time, as the .tflite does
+        prepared(torch.from_numpy(np.ascontiguousarray(image[None])))
     return convert_pt2e(prepared, fold_quantize=False), quantizer
 
 
@@ -124,3 +162,20 @@ def describe(raw: bytes) -> dict[str, Any]:
     io_types = {"input": np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
                 "output": np.dtype(interpreter.get_output_details()[0]["dtype"]).name}  # fmt: skip
     return {"ops": dict(sorted(ops.items())), "io": io_types}
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m export.litert_export PROGRAM.pt2 OUT.tflite HxW [CALIBRATION.npy]`` (what export_litert runs)."""
+    program, out, size, *rest = argv
+    h, w = (int(v) for v in size.split("x"))
+    try:
+        raw = _convert(Path(program), (h, w), np.load(rest[0]) if rest else None)
+    except ToolkitError as exc:
+        print(f"{_FAILED}{exc}", file=sys.stderr)
+        return 2
+    Path(out).write_bytes(raw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

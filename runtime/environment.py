@@ -12,7 +12,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RUNTIME_PACKAGES = ("numpy", "pillow", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt")
+RUNTIME_PACKAGES = (
+    "numpy",
+    "pillow",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "tensorrt",
+    "ai-edge-litert",
+    "ncnn",
+    "executorch",
+    "coremltools",
+)
 # The ISA extensions that decide INT8/BF16 speed on x86 and Arm CPUs.
 CPU_FLAGS = (
     "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
@@ -71,6 +82,12 @@ def cpu_description() -> dict[str, Any]:
     }
 
 
+def board_model() -> str | None:
+    """The board's name where the firmware gives one (Raspberry Pi, Jetson: /proc/device-tree/model), else None."""
+    text = _read("/proc/device-tree/model")
+    return text.rstrip("\x00") if text else None
+
+
 def runtime_versions(names: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str]:
     """Installed versions of the inference stacks (absent ones are left out)."""
     versions = {}
@@ -86,6 +103,7 @@ def describe_environment() -> dict[str, Any]:
     """Everything a reader needs to compare two latency numbers."""
     return {
         "hostname": platform.node(),
+        "board": board_model(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "cpu": cpu_description(),

@@ -99,16 +99,33 @@ def latency_table(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "bench").glob("*.json")):
         result = json.loads(path.read_text())
+        imported = result.get("imported")
         for entry in result["artifacts"]:
             ss = entry["single_stream"]
+            keys = ("count", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
+            stats = {k: ss.get(k) for k in keys}
+            if stats["p50_ms"] is None:  # a device tool that reports no percentiles (LiteRT's benchmark_model)
+                stats["p50_ms"] = stats["mean_ms"]
             rows.append(
                 {
                     "target": result["target"]["name"],
                     "artifact": entry["artifact"],
-                    "label": entry["label"],
-                    **{
-                        k: ss[k]
-                        for k in ("count", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
+                    "label": entry["label"] + (" (mean: no percentiles)" if ss.get("p50_ms") is None else ""),
+                    **stats,
+                    "imported": None
+                    if not imported
+                    else {
+                        "from": imported.get("source"),
+                        "device": next(
+                            (
+                                result["environment"].get(k)
+                                for k in ("device", "board", "hostname")
+                                if result["environment"].get(k)
+                            ),
+                            None,
+                        ),
+                        "verified": imported.get("verified"),
+                        "note": ss.get("note"),
                     },
                     "throughput": {str(o["batch_size"]): o["images_per_s"] for o in entry["offline"]},
                     "samples_ms": ss.get("samples_ms", []),

@@ -133,8 +133,8 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"{r['p50_ms']:.2f}",
             "-" if r.get("iqr_ms") is None else f"{r['iqr_ms']:.2f}",
             "-" if r.get("round_spread_ms") is None else f"{r['round_spread_ms']:.2f} ({r['rounds']})",
-            f"{r['p90_ms']:.2f}",
-            f"{r['p99_ms']:.2f}",
+            _num2(r.get("p90_ms")),
+            _num2(r.get("p99_ms")),
             ", ".join(f"b{b}: {v:.0f}" for b, v in r["throughput"].items()),
         ]
         for r in report["latency"]
@@ -146,6 +146,7 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
             "of repeated rounds, their number in brackets) and Offline throughput in images/s (`toolkit bench`).\n\n"
             + (
                 _table(["target", "artifact", "top-1", "p50", "IQR", "rounds", "p90", "p99", "throughput"], lat_rows)
+                + _imported_note(report)
                 if lat_rows
                 else "No measurements yet: run `toolkit bench RUN --target ort-cpu-1t`."
             ),
@@ -231,18 +232,40 @@ def sections(report: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("Training", _table(["stage"] * staged + ["epoch", "train loss", "val top-1", "lr"], rows)))
     envs = report["environments"]
     if envs:
-        env = next(iter(envs.values()))
-        cpu = env["cpu"]
-        versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-        flags = ", ".join(cpu["flags"]) or "no listed ISA flags"
-        out.append(
-            (
-                "Environment",
-                f"{cpu['model']} ({cpu['usable_cores']} usable cores; {flags}), "
-                f"{env['memory_gb']} GB, {env['os']}; {versions}.",
-            )
-        )
+        lines = {}  # one line per distinct machine, naming the targets measured on it
+        for target, env in envs.items():
+            lines.setdefault(_environment_line(env), []).append(target)
+        text = (next(iter(lines)) if len(lines) == 1
+                else "\n".join(f"- {', '.join(targets)}: {line}" for line, targets in lines.items()))  # fmt: skip
+        out.append(("Environment", text))
     return out
+
+
+def _environment_line(env: dict[str, Any]) -> str:
+    if "cpu" not in env:  # read back from a device tool (toolkit bench --import): what it said of itself
+        return f"{env.get('device', 'a device')}, measured by {env.get('tool', 'its own tool')}."
+    cpu = env["cpu"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+    flags = ", ".join(cpu["flags"]) or "no listed ISA flags"
+    board = f"{env['board']}: " if env.get("board") else ""
+    return (f"{board}{cpu['model']} ({cpu['usable_cores']} usable cores; {flags}), {env['memory_gb']} GB, {env['os']}; "
+            f"{versions}.")  # fmt: skip
+
+
+def _num2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _imported_note(report: dict[str, Any]) -> str:
+    """Which latency rows were measured on a device and read back (toolkit bench --import), and how checked."""
+    seen = {}
+    for r in report["latency"]:
+        if r.get("imported"):
+            i = r["imported"]
+            where = f"`{r['target']}` measured on {i.get('device') or 'the device'} by {i.get('from')}"
+            note = f"; {i['note']}" if i.get("note") else ""
+            seen[r["target"]] = f"{where} and imported ({i.get('verified')}){note}"
+    return "".join(f"\n\n{line}." for line in seen.values())
 
 
 def _num(value: float | None) -> str:
@@ -373,7 +396,7 @@ def plots(report: dict[str, Any]) -> dict[str, bytes]:
         figures[name] = buf.getvalue()
 
     top1 = _top1_by_artifact(report)
-    points = [r for r in report["latency"] if r["artifact"] in top1]
+    points = [r for r in report["latency"] if r["artifact"] in top1 and r.get("p90_ms") is not None]
     if points:
         fig, ax = plt.subplots(figsize=(6.4, 4.2 + 0.2 * len(points)))
         # Colour = artifact, marker = target; a legend instead of labels, which collide when points are close.

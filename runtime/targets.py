@@ -22,8 +22,12 @@ NEEDS_TORCH = ("executorch",)
 PRECISIONS = ("fp32", "fp16", "int8")
 FIELDS = (
     "description", "backend", "provider", "provider_options", "device", "precisions", "threads", "batch_sizes",
-    "peak_gmacs", "session",
+    "peak_gmacs", "session", "runs_on",
 )  # fmt: skip
+# A device profile's ``runs_on``: the device it is measured on, how to identify it, and how to run the bench there.
+# via: toolkit (`toolkit bench` runs on the device: a board with Python) or tool (the engine's own benchmark, read
+# back with `toolkit bench RUN --import`: phones).
+RUNS_ON_FIELDS = ("device", "machine", "board", "via", "how")
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,14 @@ class TargetProfile:
     description: str = ""
     peak_gmacs: dict[str, float] = field(default_factory=dict)
     session: dict[str, Any] = field(default_factory=dict)
+    runs_on: dict[str, Any] = field(default_factory=dict)
 
     def unavailable_reason(self) -> str | None:
-        """None when this machine can run the profile, else why not (missing package, provider or device)."""
+        """None when this machine can run the profile, else why not (missing package, provider or device; a
+        device profile off its device says how to run it there and bring the results back)."""
+        elsewhere = self.elsewhere()
+        if elsewhere:
+            return elsewhere
         if self.backend == "onnxruntime":
             try:
                 import onnxruntime as ort
@@ -92,6 +101,52 @@ class TargetProfile:
         if self.threads and hasattr(os, "sched_getaffinity") and self.threads > len(os.sched_getaffinity(0)):
             return f"needs {self.threads} CPU threads, {len(os.sched_getaffinity(0))} usable here"
         return None
+
+    def elsewhere(self) -> str | None:
+        """None unless this is a device profile and this machine is not that device: then how to measure there."""
+        if not self.runs_on:
+            return None
+        import platform
+
+        from runtime.environment import board_model
+
+        board = board_model() or ""
+        here = platform.machine() == self.runs_on["machine"] and self.runs_on.get("board", "") in board
+        if here and self.runs_on.get("via", "toolkit") == "toolkit":
+            return None
+        return f"measured on {self.runs_on['device']}: `toolkit targets {self.name}` says how"
+
+    def how_to_measure(self) -> list[str]:
+        """A device profile's steps, ending with reading the result back; empty for a profile that runs here."""
+        if not self.runs_on:
+            return []
+        steps = list(self.runs_on["how"])
+        if self.runs_on.get("via", "toolkit") == "toolkit":
+            steps.append(f"here: toolkit bench RUN --import {self.name}.json (the file copied back)")
+        return steps
+
+
+def _runs_on(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ToolkitError(f"{where}: runs_on must be a mapping of {', '.join(RUNS_ON_FIELDS)}")
+    for key in raw:
+        if key not in RUNS_ON_FIELDS:
+            raise ToolkitError(f"{where}: runs_on: unknown key '{key}'.{did_you_mean(key, RUNS_ON_FIELDS)}")
+    for key in ("device", "machine"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ToolkitError(f"{where}: runs_on.{key} must be a non-empty string (e.g. device: Raspberry Pi 5, "
+                               "machine: aarch64)")  # fmt: skip
+    how = raw.get("how")
+    if not isinstance(how, list) or not how or not all(isinstance(s, str) and s for s in how):
+        raise ToolkitError(f"{where}: runs_on.how must be a non-empty list of steps (strings)")
+    if raw.get("via", "toolkit") not in ("toolkit", "tool"):
+        raise ToolkitError(f"{where}: runs_on.via must be toolkit (bench runs on the device) or tool (its own "
+                           f"benchmark, imported), got {raw.get('via')!r}")  # fmt: skip
+    if not isinstance(raw.get("board", ""), str):
+        raise ToolkitError(f"{where}: runs_on.board must be a string (part of /proc/device-tree/model)")
+    return dict(raw)
 
 
 def _parse(name: str, raw: Any, source: str) -> TargetProfile:
@@ -143,6 +198,7 @@ def _parse(name: str, raw: Any, source: str) -> TargetProfile:
         description=str(raw.get("description", "")),
         peak_gmacs={str(p): float(v) for p, v in peak.items()},
         session=dict(session),
+        runs_on=_runs_on(raw.get("runs_on"), where),
     )
 
 

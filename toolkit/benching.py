@@ -23,7 +23,7 @@ from runtime.classifier import Classifier, open_classifier
 from runtime.cross_check import cross_check as engine_cross_check
 from runtime.environment import describe_environment
 from runtime.errors import ToolkitError
-from runtime.hashing import sha256_file
+from runtime.hashing import sha256_file, sha256_path
 from runtime.latency import RunLimits, offline, offline_from_single_stream, pinned_cpus, single_stream
 from runtime.layer_costs import graph_precision
 from runtime.peaks import reconcile_with_ceiling, target_peak
@@ -69,6 +69,8 @@ def bench_artifact(
     static = bool(settings.get("static_batch"))
     result: dict[str, Any] = {"artifact": artifact.key, "label": artifact.label, "file": artifact.path.name}
     result["bytes"] = artifact.bytes
+    # What was measured, so that results brought back from a device are checked against the run (--import).
+    result["sha256"] = sha256_path(artifact.path) if artifact.path.is_dir() else sha256_file(artifact.path)
     result["session"] = settings
     meter = EnergyMeter()
     rng = np.random.default_rng(0)
@@ -270,14 +272,19 @@ def run_bench(
         write_json(out, result)
         results[profile.name] = result
     if is_run:
-        summary = {
-            name: {
-                e["artifact"]: {"p50_ms": e["single_stream"]["p50_ms"], "p90_ms": e["single_stream"]["p90_ms"]}
-                for e in r["artifacts"]
-            }
-            for name, r in results.items()
-        }
-        bench = read_run_manifest(path).get("bench", {})
-        bench.update(summary)
-        update_manifest(path, bench=bench)
+        record_bench_summary(path, results)
     return results
+
+
+def record_bench_summary(run_dir: Path, results: dict[str, dict[str, Any]]) -> None:
+    """Each target's p50/p90 per artifact into the manifest's ``bench`` section (measured here or imported)."""
+    summary = {
+        name: {
+            e["artifact"]: {"p50_ms": e["single_stream"]["p50_ms"], "p90_ms": e["single_stream"]["p90_ms"]}
+            for e in r["artifacts"]
+        }
+        for name, r in results.items()
+    }
+    bench = read_run_manifest(run_dir).get("bench", {})
+    bench.update(summary)
+    update_manifest(run_dir, bench=bench)

@@ -513,10 +513,29 @@ def formats(targets_file: TargetsFile = None) -> None:
 
 
 @app.command()
-def targets(targets_file: TargetsFile = None) -> None:
+def targets(
+    name: Annotated[
+        str | None, typer.Argument(help="One profile: all its fields, and how to measure on its device.")
+    ] = None,
+    targets_file: TargetsFile = None,
+) -> None:
     """List edge target profiles and whether this machine can run each (and why not)."""
-    from runtime.targets import NEEDS_TORCH, load_targets
+    from runtime.targets import NEEDS_TORCH, get_target, load_targets
 
+    if name is not None:
+        t = get_target(name, load_targets(targets_file))
+        out.print(f"{t.name}: {t.description}")
+        engine = t.backend + (f" ({t.provider or t.device})" if t.provider or t.device else "")
+        out.print(f"  {engine}; precisions {', '.join(t.precisions)}; threads {t.threads or 'all'}; batch sizes "
+                  f"{', '.join(map(str, t.batch_sizes))}")  # fmt: skip
+        reason = t.unavailable_reason()
+        out.print(f"  available here: {'yes' if reason is None else 'no: ' + reason}")
+        steps = t.how_to_measure()
+        if steps:
+            out.print(f"  how to measure on {t.runs_on['device']}:")
+            for i, step in enumerate(steps, 1):
+                out.print(f"    {i}. {step}")
+        return
     table = Table()
     for col in ("name", "backend", "precisions", "threads", "batch sizes", "available here"):
         table.add_column(col, no_wrap=col == "name")
@@ -539,8 +558,9 @@ def targets(targets_file: TargetsFile = None) -> None:
 def bench(
     path: Annotated[Path, typer.Argument(help="A run directory (every exported artifact) or one model file.")],
     target: Annotated[
-        list[str], typer.Option("--target", "-t", help="Target profile (see `toolkit targets`). Repeatable.")
-    ] = ["ort-cpu-1t"],  # noqa: B006 - typer reads list defaults
+        list[str] | None,
+        typer.Option("--target", "-t", help="Target profile (see `toolkit targets`; default ort-cpu-1t). Repeatable."),
+    ] = None,
     min_duration: Annotated[
         float, typer.Option(help="Seconds each scenario runs at least (MLPerf: 600).")
     ] = defaults.MIN_DURATION_S,
@@ -567,14 +587,42 @@ def bench(
     rounds: Annotated[
         int, typer.Option(help="SingleStream rounds; the spread of their p50s is the noise.")
     ] = defaults.ROUNDS,
+    import_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--import",
+            help="Read back what a device measured instead of measuring here: its `toolkit bench` JSON, LiteRT "
+            "benchmark_model's output, or a hand-written YAML (with --target and --artifact for the last two).",
+        ),
+    ] = None,
+    artifact: Annotated[
+        str | None, typer.Option(help="--import of benchmark_model output or a YAML: the run's artifact key.")
+    ] = None,
 ) -> None:
     """SingleStream latency (p50/p90/p95/p99) and Offline throughput per artifact and target -> RUN/bench/."""
     from runtime.latency import RunLimits
-    from toolkit.benching import run_bench
+    from toolkit.benching import record_bench_summary, run_bench
 
-    limits = RunLimits(warmup, min_duration, min_queries, max_duration, rounds)
-    with _locked(path) if path.is_dir() else contextlib.nullcontext():
-        run_bench(path, list(dict.fromkeys(target)), limits, console, targets_file, tune, cross_check)
+    if import_file is not None:
+        from toolkit.bench_import import import_results
+
+        if not path.is_dir():
+            raise ToolkitError(f"{path}: --import reads results back into a run directory")
+        given = list(dict.fromkeys(target or []))
+        if len(given) > 1:
+            raise ToolkitError("--import takes one --target")
+        with _locked(path):
+            result = import_results(path, import_file, given[0] if given else None, artifact, targets_file)
+            record_bench_summary(path, {result["target"]["name"]: result})
+        out.print(f"{import_file}: {len(result['artifacts'])} measurement(s) of target {result['target']['name']} "
+                  f"imported ({result['imported']['verified']})")  # fmt: skip
+    elif artifact is not None:
+        raise ToolkitError("--artifact is used with --import only")
+    else:
+        limits = RunLimits(warmup, min_duration, min_queries, max_duration, rounds)
+        with _locked(path) if path.is_dir() else contextlib.nullcontext():
+            run_bench(path, list(dict.fromkeys(target or ["ort-cpu-1t"])), limits, console, targets_file, tune,
+                      cross_check)  # fmt: skip
     if path.is_dir():
         from runtime.report import build_report
         from runtime.verdict import describe_verdict

@@ -295,7 +295,8 @@ def headline(run_dir: Path, seconds: float) -> dict[str, Any]:
     ladder = {row["stage"]: row for row in report.get("ladder", []) if "top1" in row}
     int8 = [row for key, row in ladder.items() if key.startswith("int8")]
     best = max(int8, key=lambda row: row["top1"]) if int8 else None
-    p90 = [(row["p90_ms"], row["label"], row["target"]) for row in report.get("latency", [])]
+    rows = [row for row in report.get("latency", []) if row["p90_ms"] is not None]  # imported: may have none
+    p90 = [(row["p90_ms"], row["label"], row["target"]) for row in rows]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {
         "seconds": round(seconds, 1),
