@@ -95,11 +95,20 @@ def _iqr(samples: list[float]) -> float | None:
     return float(q75 - q25)
 
 
+def _imported(result: dict[str, Any], single_stream: dict[str, Any]) -> dict[str, Any] | None:
+    """Where a result read back from a device (toolkit bench --import) was measured, and how it was checked."""
+    imported, env = result.get("imported"), result["environment"]
+    if not imported:
+        return None
+    device = next((env[k] for k in ("device", "board", "hostname") if env.get(k)), None)
+    return {"from": imported.get("source"), "device": device, "verified": imported.get("verified"),
+            "note": single_stream.get("note")}  # fmt: skip
+
+
 def latency_table(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((run_dir / "bench").glob("*.json")):
         result = json.loads(path.read_text())
-        imported = result.get("imported")
         for entry in result["artifacts"]:
             ss = entry["single_stream"]
             keys = ("count", "min_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "mean_ms")
@@ -112,21 +121,7 @@ def latency_table(run_dir: Path) -> list[dict[str, Any]]:
                     "artifact": entry["artifact"],
                     "label": entry["label"] + (" (mean: no percentiles)" if ss.get("p50_ms") is None else ""),
                     **stats,
-                    "imported": None
-                    if not imported
-                    else {
-                        "from": imported.get("source"),
-                        "device": next(
-                            (
-                                result["environment"].get(k)
-                                for k in ("device", "board", "hostname")
-                                if result["environment"].get(k)
-                            ),
-                            None,
-                        ),
-                        "verified": imported.get("verified"),
-                        "note": ss.get("note"),
-                    },
+                    "imported": _imported(result, ss),
                     "throughput": {str(o["batch_size"]): o["images_per_s"] for o in entry["offline"]},
                     "samples_ms": ss.get("samples_ms", []),
                     "iqr_ms": _iqr(ss.get("samples_ms", [])),
