@@ -2,15 +2,14 @@
 
 NCNN's param file holds no metadata, so the preprocessing contract, the format and the blob names ride in
 ``model.json`` beside it (as for TensorRT engines). NCNN runs one image at a time (its Mat has no batch axis):
-the session loops over a batch. INT8 needs ncnn's own tools (ncnn2table, ncnn2int8), which the pip packages do
-not ship: refused before export (see ``int8_unavailable_reason``).
+the session loops over a batch. INT8 (``calibration`` given) is written by export/ncnn_int8.py, in Python, since
+the pip packages do not ship ncnn's ncnn2table / ncnn2int8 tools.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import warnings
@@ -18,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,16 +35,12 @@ def unavailable_reason() -> str | None:
     return missing_package(("pnnx", "ncnn"), "mobile")
 
 
-def int8_unavailable_reason() -> str:
-    """Why NCNN INT8 cannot be written here: ncnn's INT8 models come from its ncnn2table (calibration) and
-    ncnn2int8 tools, built from ncnn's sources; the toolkit does not drive them yet."""
-    missing = [tool for tool in ("ncnn2table", "ncnn2int8") if shutil.which(tool) is None]
-    tools = f"ncnn's {' and '.join(missing)} (not in the ncnn/pnnx pip packages)" if missing else "ncnn2table"
-    return f"NCNN INT8 needs {tools}, which the toolkit does not drive yet; export NCNN without --int8"
-
-
-def export_ncnn(model: nn.Module, contract: PreprocessContract, param_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``param_path`` (NCNN graph), its .bin (FP32 weights) and the contract sidecar; returns their names."""
+def export_ncnn(
+    model: nn.Module, contract: PreprocessContract, param_path: str | os.PathLike[str],
+    calibration: list[np.ndarray] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``param_path`` (NCNN graph), its .bin (FP32 weights, or INT8 for the quantized layers when
+    ``calibration`` batches are given) and the contract sidecar; returns what was written."""
     reason = unavailable_reason()
     if reason:
         raise ToolkitError(f"cannot export to NCNN here: {reason}")
@@ -71,12 +67,22 @@ def export_ncnn(model: nn.Module, contract: PreprocessContract, param_path: str 
         inputs, outputs = blob_names(param.read_text())
         if len(inputs) != 1 or len(outputs) != 1:
             raise ToolkitError(f"NCNN export: expected one input and one output blob, got {inputs} -> {outputs}")
+        info: dict[str, Any] = {}
+        param_text, weight_bytes = param.read_text(), weights.read_bytes()
+        if calibration is not None:
+            from export.ncnn_int8 import calibrate, quantize_model, quantized_inputs
+
+            images = np.concatenate(calibration)
+            ranges = calibrate(param, images, sorted(set(quantized_inputs(param_text).values())))
+            param_text, weight_bytes, count = quantize_model(param_text, weight_bytes, ranges)
+            info = {"int8_layers": count, "calibration": f"minmax input ranges over {len(images)} images"}
         param_path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(param_path.with_suffix(".bin"), weights.read_bytes())
-        write_json(param_path.with_name(NCNN_SIDECAR), {"preprocess": contract.to_dict(), "format": FORMAT,
-                                                        "input": inputs[0], "output": outputs[0]})  # fmt: skip
-        write_bytes(param_path, param.read_bytes())  # last: a half-written export has no .param to load
-    return {"input": inputs[0], "output": outputs[0], "layers": len(param_layers(param_path.read_text()))}
+        write_bytes(param_path.with_suffix(".bin"), weight_bytes)
+        write_json(param_path.with_name(NCNN_SIDECAR), {
+            "preprocess": contract.to_dict(), "format": FORMAT, "input": inputs[0], "output": outputs[0],
+            "precision": "int8" if calibration is not None else "fp32"})  # fmt: skip
+        write_bytes(param_path, param_text.encode())  # last: a half-written export has no .param to load
+    return {"input": inputs[0], "output": outputs[0], "layers": len(param_layers(param_text)), **info}
 
 
 @contextlib.contextmanager

@@ -45,6 +45,7 @@ KNOWN = {
     "executorch": ("ExecuTorch FP32 (XNNPACK)", "executorch", "fp32"),
     "int8_executorch": ("ExecuTorch INT8 (XNNPACK)", "executorch", "int8"),
     "ncnn": ("NCNN FP32", "ncnn", "fp32"),
+    "int8_ncnn": ("NCNN INT8", "ncnn", "int8"),
     "litert": ("LiteRT FP32 (XNNPACK)", "litert", "fp32"),
     "int8_litert": ("LiteRT INT8, full integer", "litert", "int8"),
     "coreml": ("Core ML FP16 (ML Program)", "coreml", "fp16"),
@@ -61,6 +62,8 @@ REFERENCE = {
     "int8_tensorrt_qad": "onnx",
     "executorch": "student",
     "int8_executorch": "executorch",
+    "ncnn": "student",
+    "int8_ncnn": "ncnn",
     "litert": "student",
     "int8_litert": "litert",
 }

@@ -9,6 +9,7 @@ on memory traffic, and the figure that shows why depthwise layers are bound by m
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,8 +171,11 @@ def graph_precision(path: Path) -> str:
         return "int8" if ops & {"QuantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"} else "fp32"
     if path.suffix == ".xml":
         return "int8" if 'type="FakeQuantize"' in path.read_text(errors="replace") else "fp32"
-    if path.suffix == ".param":  # NCNN models are exported with FP32 weights only
-        return "fp32"
+    if path.suffix == ".param":  # an NCNN model's sidecar says which (FP32 before it recorded one)
+        from runtime.classifier import NCNN_SIDECAR
+
+        sidecar = path.with_name(NCNN_SIDECAR)
+        return str(json.loads(sidecar.read_text()).get("precision", "fp32")) if sidecar.is_file() else "fp32"
     if path.suffix == ".pte":  # an ExecuTorch program says which (its toolkit_precision method)
         from runtime.classifier import ExecuTorchClassifier
 

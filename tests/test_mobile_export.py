@@ -27,12 +27,10 @@ if importlib.util.find_spec("litert_torch") is None:  # not imported here: it wo
 def test_formats_are_checked_before_export() -> None:
     with pytest.raises(ToolkitError, match="--format 'executorh' is not one of executorch, ncnn, coreml, litert. Did"):
         check_formats(("executorh",))
-    with pytest.raises(ToolkitError, match="--int8 --format ncnn: NCNN INT8 needs .*export NCNN without --int8"):
-        check_formats(("executorch", "ncnn"), int8=True)
     with pytest.raises(ToolkitError, match="--int8 --format coreml: Core ML INT8 .* calibrates by running Core ML"):
         check_formats(("coreml",), int8=True)
     check_formats(("executorch", "ncnn", "coreml", "litert"))
-    check_formats(("executorch", "litert"), int8=True)
+    check_formats(("executorch", "litert", "ncnn"), int8=True)
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +45,19 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     runner = CliRunner()
-    args = ["export", str(tiny_run), "--int8", "--format", "executorch", "--format", "litert", *LENIENT_GUARD,
-            "--held-out-images", "8", "--calib-size", "8"]  # fmt: skip
-    res = runner.invoke(app, [*args, "--format", "ncnn"])  # no NCNN INT8 here: refused before anything is written
+    args = ["export", str(tiny_run), "--int8", "--format", "executorch", "--format", "litert", "--format", "ncnn",
+            *LENIENT_GUARD, "--held-out-images", "8", "--calib-size", "8"]  # fmt: skip
+    res = runner.invoke(app, [*args, "--format", "coreml"])  # no Core ML INT8 here: refused before anything is written
     assert isinstance(res.exception, ToolkitError) and not (tiny_run / "model.onnx").exists()
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["export", str(tiny_run), "--format", "ncnn", "--format", "coreml",
-                              "--held-out-images", "8"])  # fmt: skip
+    res = runner.invoke(app, ["export", str(tiny_run), "--format", "coreml", "--held-out-images", "8"])
     assert res.exit_code == 0, res.output
     exports = json.loads((tiny_run / "manifest.json").read_text())["exports"]
     assert exports["executorch"]["parity"]["passed"] and exports["executorch"]["file"] == "model.pte"
     assert exports["int8_executorch"]["guard"]["verdict"] == "PASS" and exports["int8_executorch"]["delegate_calls"]
     assert exports["ncnn"]["parity"]["passed"] and exports["ncnn"]["file"] == "model.ncnn/model.param"
+    assert exports["int8_ncnn"]["guard"]["verdict"] == "PASS" and exports["int8_ncnn"]["int8_layers"] > 10
     assert exports["litert"]["parity"]["passed"] and exports["litert"]["file"] == "model.tflite"
     assert exports["int8_litert"]["guard"]["verdict"] == "PASS" and exports["int8_litert"]["io"]["input"] == "int8"
     assert "executorch" in exports  # a later export keeps the earlier ones' entries
@@ -68,7 +66,7 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
     if platform.system() != "Darwin":  # parity needs Core ML predictions
         assert "macOS only" in coreml["parity"]["skipped"]
     keys = {a.key for a in run_artifacts(tiny_run)}
-    assert {"executorch", "int8_executorch", "ncnn", "litert", "int8_litert"} <= keys
+    assert {"executorch", "int8_executorch", "ncnn", "int8_ncnn", "litert", "int8_litert"} <= keys
     test = write_image_folder(tiny_run.parent / "test", per_class=2, seed=3, size=20)
     res = runner.invoke(app, ["eval", str(tiny_run), "--data", str(test), "--artifact", "all"])
     assert res.exit_code == 0, res.output
@@ -86,7 +84,7 @@ def test_export_formats_then_eval_and_bench(tiny_run: Path) -> None:
                               "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output
     bench = json.loads((tiny_run / "bench" / "ncnn-cpu.json").read_text())
-    assert [r["artifact"] for r in bench["artifacts"]] == ["ncnn"]
+    assert [r["artifact"] for r in bench["artifacts"]] == ["ncnn", "int8_ncnn"]
     res = runner.invoke(app, ["bench", str(tiny_run), "--target", "litert-cpu", "--min-duration", "0.05",
                               "--min-queries", "3", "--warmup", "1", "--rounds", "1"])  # fmt: skip
     assert res.exit_code == 0, res.output

@@ -56,7 +56,8 @@ MOBILE_FORMATS = {
         "export.executorch_export",
     ),
     "ncnn": MobileFormat(
-        "ncnn", FORMATS["ncnn"].file("fp32"), None, "NCNN param/bin through PNNX, FP32 weights", "",
+        "ncnn", FORMATS["ncnn"].file("fp32"), FORMATS["ncnn"].file("int8"), "NCNN param/bin through PNNX, FP32 weights",
+        "NCNN INT8: convolutions and fully connected layers int8 (weights per channel, inputs per tensor, minmax)",
         "export.ncnn_export",
     ),
     "coreml": MobileFormat(
