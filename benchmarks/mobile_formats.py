@@ -1,10 +1,9 @@
-"""Phone/board formats (ExecuTorch, NCNN, LiteRT) beside ONNX Runtime and OpenVINO on real Fashion-MNIST: test top-1,
+"""Phone/board formats (ExecuTorch, LiteRT, NCNN) beside ONNX Runtime and OpenVINO on real Fashion-MNIST: test top-1,
 drop and agreement vs the PyTorch student, file size, and batch-1 latency (1 thread, interleaved rounds) at the
 training resolution and at 224 px.
 
 Each student is trained by `toolkit train`, then `toolkit export --int8 --backend onnxruntime --backend openvino
---format executorch --format litert` and `toolkit export --format ncnn` write every artifact with its checks
-(accuracy rows).
+--format executorch --format litert --format ncnn` writes every artifact with its checks (accuracy rows).
 The 224 px rows re-export the same weights at 224 px (global pooling makes them valid at any size) with INT8
 calibrated on random inputs: latency only.
 
@@ -44,24 +43,14 @@ from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.training import run_train  # noqa: E402
 
 # The artifacts compared, by manifest key.
-KEYS = (
-    "onnx",
-    "int8_onnxruntime",
-    "openvino",
-    "int8_openvino",
-    "executorch",
-    "int8_executorch",
-    "ncnn",
-    "litert",
-    "int8_litert",
-)
+KEYS = ("onnx", "int8_onnxruntime", "openvino", "int8_openvino", "executorch", "int8_executorch", "ncnn",
+        "int8_ncnn", "litert", "int8_litert")  # fmt: skip
 
 
 def accuracy_rows(run: Path, test_root: Path, args: argparse.Namespace, quiet: Console) -> list[dict]:
     """Every artifact of the run on the test set, and its batch-1 latency at the training resolution."""
-    run_export(run, int8=True, targets=("onnxruntime", "openvino"), formats=("executorch", "litert"),
+    run_export(run, int8=True, targets=("onnxruntime", "openvino"), formats=("executorch", "litert", "ncnn"),
                calib_size=args.calib_size, held_out_images=args.held_out, allow_fail=True, console=quiet)  # fmt: skip
-    run_export(run, targets=("onnxruntime",), formats=("ncnn",), held_out_images=args.held_out, console=quiet)
     model, contract, _ = load_run_student(run)
     test = load_image_folder(test_root)
     artifacts = {a.key: a for a in run_artifacts(run) if a.key in KEYS}
@@ -102,6 +91,8 @@ def latency_at(run: Path, size: int, work: Path, args: argparse.Namespace) -> di
     export_executorch(model, big, work / "m.int8.pte", calibration=batches)
     files["NCNN FP32"] = work / "ncnn" / "model.param"
     export_ncnn(model, big, files["NCNN FP32"])
+    files["NCNN INT8"] = work / "ncnn-int8" / "model.param"
+    export_ncnn(model, big, files["NCNN INT8"], calibration=batches)
     files["LiteRT FP32 (XNNPACK)"] = work / "m.tflite"
     export_litert(model, big, files["LiteRT FP32 (XNNPACK)"])
     files["LiteRT INT8, full integer"] = work / "m.int8.tflite"
@@ -131,9 +122,9 @@ def main() -> None:
              "", f"Machine: {cpu.get('model')} ({platform.machine()}), ISA flags: {flags}; torch {torch.__version__}. "
              f"Students trained {args.epochs} epochs at {args.size} px; INT8 calibrated on {args.calib_size} "
              "training images (ONNX Runtime U8S8 and OpenVINO behind the guard with their float fallback, "
-             "ExecuTorch XNNPACK and LiteRT full integer all INT8). Latency: batch 1, 1 thread, median of "
-             f"{args.rounds * args.queries} queries in interleaved rounds; ExecuTorch through its Python runtime, "
-             "LiteRT through ai-edge-litert's interpreter (XNNPACK delegate).",
+             "ExecuTorch XNNPACK, LiteRT full integer and NCNN conv/fc all INT8). Latency: batch 1, 1 thread, "
+             f"median of {args.rounds * args.queries} queries in interleaved rounds; ExecuTorch through its Python "
+             "runtime, LiteRT through ai-edge-litert's interpreter (XNNPACK delegate).",
              "", f"| student | model | test top-1 (%) | drop vs PyTorch (pts) | agreement with PyTorch (%) | MB | "
              f"p50 ms at {args.size} px | p50 ms at {args.latency_size} px |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -159,6 +150,7 @@ def main() -> None:
             et = {r["model"]: r for r in rows}
             summary[student] = {"executorch_int8_drop": et["ExecuTorch INT8 (XNNPACK)"]["drop"],
                                 "litert_int8_drop": et["LiteRT INT8, full integer"]["drop"],
+                                "ncnn_int8_drop": et["NCNN INT8"]["drop"],
                                 "latency_224_ms": big}  # fmt: skip
     lines += ["", f"Reproduce: `python benchmarks/mobile_formats.py --students {' '.join(args.students)}`",
               "", "summary: " + json.dumps(summary)]  # fmt: skip
