@@ -49,6 +49,7 @@ KNOWN = {
     "litert": ("LiteRT FP32 (XNNPACK)", "litert", "fp32"),
     "int8_litert": ("LiteRT INT8, full integer", "litert", "int8"),
     "coreml": ("Core ML FP16 (ML Program)", "coreml", "fp16"),
+    "int8_coreml": ("Core ML INT8 W8A8 (ML Program)", "coreml", "int8"),
 }
 # The FP32 artifact each INT8 artifact is judged against in the ladder.
 REFERENCE = {
@@ -64,6 +65,7 @@ REFERENCE = {
     "int8_executorch": "executorch",
     "ncnn": "student",
     "int8_ncnn": "ncnn",
+    "int8_coreml": "coreml",
     "litert": "student",
     "int8_litert": "litert",
 }

@@ -66,3 +66,37 @@ def test_the_session_says_core_ml_runs_on_macos_only(package: Path) -> None:
         open_classifier(package)
     with pytest.raises(ToolkitError, match="Core ML package not found"):
         CoreMLClassifier(package.with_name("missing.mlpackage"))
+
+
+def test_int8_is_w8a8_calibrated_through_core_ml_and_refused_off_macos(tmp_path: Path) -> None:
+    """The W8A8 recipe and its calibration data are checked here; the calibration itself runs Core ML, so off
+    macOS `--int8 --format coreml` is refused before anything is written, and on a Mac it runs for real."""
+    import numpy as np
+
+    from export.coreml_export import int8_unavailable_reason, sample_data, w8a8_configs
+
+    activations, weights = w8a8_configs()
+    a, w = activations.global_config, weights.global_config
+    assert a.mode == "LINEAR_SYMMETRIC" and (w.mode, str(w.granularity)) == (
+        "LINEAR_SYMMETRIC",
+        "CompressionGranularity.PER_CHANNEL",
+    )
+    assert w.weight_threshold == 0  # every weight, not only the large ones (coremltools' default skips < 2048)
+    batches = [np.zeros((2, 3, 12, 12), np.float32), np.ones((3, 3, 12, 12), np.float32)]
+    data = sample_data("pixels", batches)
+    assert (
+        len(data) == 5 and all(d["pixels"].shape == (1, 3, 12, 12) for d in data) and data[4]["pixels"][0, 0, 0, 0] == 1
+    )
+    if platform.system() != "Darwin":
+        assert "macOS only" in (int8_unavailable_reason() or "")
+        with pytest.raises(ToolkitError, match=r"--int8 --format coreml: Core ML INT8 .*\(macOS only\)"):
+            export_coreml(tiny(), CONTRACT, tmp_path / "m.int8.mlpackage", calibration=batches)
+        assert not (tmp_path / "m.int8.mlpackage").exists()
+        return
+    info = export_coreml(tiny(), CONTRACT, tmp_path / "m.int8.mlpackage", calibration=batches)  # pragma: macOS
+    assert info["compute_precision"].startswith("int8")
+    x = np.random.default_rng(0).standard_normal((4, 3, 12, 12)).astype(np.float32)
+    with torch.no_grad():
+        reference = tiny()(torch.from_numpy(x)).numpy()
+    out = CoreMLClassifier(tmp_path / "m.int8.mlpackage").run(x)
+    np.testing.assert_allclose(out, reference, atol=0.1 * np.abs(reference).max())

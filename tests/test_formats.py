@@ -46,8 +46,8 @@ def test_get_format_and_the_cli_table() -> None:
     assert get_format("fp16").file("fp16") == "model.fp16.onnx"
     with pytest.raises(ToolkitError, match='Did you mean "openvino"'):
         get_format("openvin")
-    with pytest.raises(ToolkitError, match="format coreml has no int8 file"):
-        FORMATS["coreml"].file("int8")
+    with pytest.raises(ToolkitError, match="format fp16 has no int8 file"):
+        FORMATS["fp16"].file("int8")
     res = CliRunner().invoke(app, ["formats"], env={"COLUMNS": "250"})
     assert res.exit_code == 0, res.output
     for name in FORMATS:

@@ -61,7 +61,9 @@ MOBILE_FORMATS = {
         "export.ncnn_export",
     ),
     "coreml": MobileFormat(
-        "coreml", FORMATS["coreml"].file("fp16"), None, "Core ML ML Program, FP16 compute (iOS 17 / macOS 14)", "",
+        "coreml", FORMATS["coreml"].file("fp16"), FORMATS["coreml"].file("int8"),
+        "Core ML ML Program, FP16 compute (iOS 17 / macOS 14)",
+        "Core ML W8A8: activations calibrated by linear_quantize_activations, weights int8 per channel (macOS)",
         "export.coreml_export", parity_tolerance=2e-2,
     ),
     "litert": MobileFormat(
@@ -84,8 +86,14 @@ def check_formats(formats: tuple[str, ...], int8: bool = False) -> None:
         reason = exporter.unavailable_reason()
         if reason:
             raise ToolkitError(f"--format {name}: {reason}")
-        if int8 and MOBILE_FORMATS[name].int8_file is None:
-            raise ToolkitError(f"--int8 --format {name}: {exporter.int8_unavailable_reason()}")
+        if int8 and (MOBILE_FORMATS[name].int8_file is None or _int8_unavailable(exporter)):
+            raise ToolkitError(f"--int8 --format {name}: {_int8_unavailable(exporter)}")
+
+
+def _int8_unavailable(exporter: ModuleType) -> str | None:
+    """Why this machine cannot write the format's INT8 form (None: it can)."""
+    reason = getattr(exporter, "int8_unavailable_reason", None)
+    return reason() if reason else None
 
 
 def _exporter(name: str) -> ModuleType:
