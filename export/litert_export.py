@@ -2,10 +2,11 @@
 
 Why litert-torch and not onnx2tf: it converts the PyTorch student directly (torch.export -> StableHLO -> TFLite),
 so the same PT2E quantization flow as ExecuTorch's calibrates it, and it needs no TensorFlow. Installed size here:
-~750 MB (jaxlib 349 MB, litert-converter 288 MB, ai-edge-litert 59 MB); onnx2tf needs tensorflow 2.19 (~2 GB)
-and pins numpy 1.26.4, which this toolkit's numpy 2 stack cannot take. litert-torch's own dependency list pins
-typing-extensions < 4.13 (through xdsl, a model-utils extra it does not use for this), which would downgrade
-pydantic; scripts/install-litert.sh installs it with --no-deps and the packages it imports.
+~750 MB (jaxlib 349 MB, litert-converter 288 MB, ai-edge-litert 59 MB); onnx2tf 1.29 pins tensorflow==2.19.0
+(not installed here, size not measured) and numpy==1.26.4, which this toolkit's numpy 2 stack cannot take.
+litert-torch's own dependency list pins typing-extensions < 4.13 (through xdsl, a model-utils extra it does not
+use for this), which would downgrade pydantic; scripts/install-litert.sh installs it with --no-deps and the
+packages it imports.
 
 INT8 is "full integer": PT2E with litert-torch's symmetric quantizer (weights per channel, activations per
 tensor), calibrated on the same class-stratified images as the ONNX INT8 models; every op runs int8, and the
@@ -42,7 +43,8 @@ INSTALL = "run scripts/install-litert.sh (litert-torch with --no-deps: its pins 
 
 
 def unavailable_reason() -> str | None:
-    """None when litert-torch can convert here, else how to install it."""
+    """None when litert-torch can convert here, else how to install it. Looked up, not imported
+    (export.packages.missing_package imports): importing litert-torch would bring jax into this process."""
     import importlib.util
 
     for name in ("litert_torch", "ai_edge_litert", "litert_converter", "jax"):

@@ -105,12 +105,19 @@ def param_layers(text: str) -> list[list[str]]:
     return lines[2:]
 
 
+def layer_params(fields: list[str]) -> tuple[str, str, list[str], list[str], dict[str, str]]:
+    """(type, name, input blobs, output blobs, params by key) of one param-file layer line."""
+    kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
+    ins, outs = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
+    params = dict(f.split("=", 1) for f in fields[4 + n_in + n_out :])
+    return kind, name, ins, outs, params
+
+
 def blob_names(text: str) -> tuple[list[str], list[str]]:
     """The graph's input blobs (Input layers) and its output blobs (produced, never consumed)."""
     produced, consumed, inputs = [], set(), []
     for fields in param_layers(text):
-        kind, n_in, n_out = fields[0], int(fields[2]), int(fields[3])
-        ins, outs = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
+        kind, _, ins, outs, _ = layer_params(fields)
         consumed.update(ins)
         produced += outs
         if kind == "Input":

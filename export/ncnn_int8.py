@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.ncnn_export import layer_params, param_layers
 from runtime.errors import ToolkitError
 
 QUANTIZED = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
@@ -30,18 +31,10 @@ INT8_TAG = 0x000D4B38
 FP32_TAG = 0x0002C056
 
 
-def layer_params(fields: list[str]) -> tuple[str, str, list[str], list[str], dict[str, str]]:
-    """(type, name, input blobs, output blobs, params by key) of one param-file layer line."""
-    kind, name, n_in, n_out = fields[0], fields[1], int(fields[2]), int(fields[3])
-    ins, outs = fields[4 : 4 + n_in], fields[4 + n_in : 4 + n_in + n_out]
-    params = dict(f.split("=", 1) for f in fields[4 + n_in + n_out :])
-    return kind, name, ins, outs, params
-
-
 def quantized_inputs(param_text: str) -> dict[str, str]:
     """Layer name -> its input blob, for every layer that becomes INT8 (what calibration must measure)."""
     out = {}
-    for fields in _layers(param_text):
+    for fields in param_layers(param_text):
         kind, name, ins, _, _ = layer_params(fields)
         if kind in QUANTIZED:
             out[name] = ins[0]
@@ -99,7 +92,7 @@ def calibrate(param: Path, images: np.ndarray, blobs: list[str]) -> dict[str, fl
     net.opt.lightmode = False  # keep every intermediate blob: several are read from one extractor
     if net.load_param(str(param)) != 0 or net.load_model(str(param.with_suffix(".bin"))) != 0:
         raise ToolkitError(f"{param}: ncnn cannot load the FP32 model to calibrate it")
-    first = next(fields for fields in _layers(param.read_text()) if fields[0] == "Input")
+    first = next(fields for fields in param_layers(param.read_text()) if fields[0] == "Input")
     input_blob = layer_params(first)[3][0]
     absmax = dict.fromkeys(blobs, 0.0)
     for image in images:
@@ -128,7 +121,3 @@ def _read_fp32(data: bytes, pos: int, count: int, name: str) -> tuple[np.ndarray
 def _round_away(x: np.ndarray) -> np.ndarray:
     """C's round(): halves away from zero (ncnn's float2int8), not numpy's halves to even."""
     return np.trunc(x + np.copysign(0.5, x))
-
-
-def _layers(text: str) -> list[list[str]]:
-    return [line.split() for line in text.splitlines()[2:] if line.strip()]

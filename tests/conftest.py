@@ -16,6 +16,27 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+# The start of a `python -c` script that runs as on a device: torch (and timm, torchvision) cannot be imported.
+TORCH_BLOCKER = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'torchvision', 'timm'}:
+            raise ImportError('blocked: no ' + name + ' on the device')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def tiny_conv_classifier():  # noqa: ANN201 - torch is imported here only (conftest serves torch-free tests too)
+    """A 3-class conv -> BN -> ReLU -> pool -> linear classifier with fixed random weights, for format exporters."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
+
+
 FASHION_DIR = Path(os.environ.get("TOOLKIT_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 HAVE_FASHION = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file() or (
     FASHION_DIR / "train-images-idx3-ubyte"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, write_image_folder, write_recipe
+from conftest import REPO, TORCH_BLOCKER, write_image_folder, write_recipe
 from typer.testing import CliRunner
 
 from runtime.artifacts import Artifact
@@ -24,16 +24,13 @@ from toolkit.cli import app
 runner = CliRunner()
 QUICK = ["--min-duration", "0.05", "--min-queries", "3", "--warmup", "1", "--rounds", "1"]
 # What a device runs: `toolkit bench` with torch (and timm, torchvision) absent.
-ON_DEVICE = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'torch', 'torchvision', 'timm'}:
-            raise ImportError('blocked on the device: ' + name)
-sys.meta_path.insert(0, Block())
+ON_DEVICE = (
+    TORCH_BLOCKER
+    + """
 from toolkit.cli import app
 app(sys.argv[1:])
 """
+)
 # LiteRT benchmark_model's output (its format: warm-up line, then the measured line, in microseconds).
 BENCHMARK_MODEL = """STARTING!
 Num threads: [4]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from conftest import tiny_conv_classifier
 
 from export.executorch_export import export_executorch
 from runtime.classifier import ExecuTorchClassifier, open_classifier
@@ -21,14 +21,8 @@ SIZE = 12
 CONTRACT = PreprocessContract(input_size=(SIZE, SIZE), resize_size=SIZE, class_names=("a", "b", "c"))
 
 
-def tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
-
-
 def test_fp32_and_int8_programs_carry_the_contract_and_match_the_model(tmp_path: Path) -> None:
-    model = tiny()
+    model = tiny_conv_classifier()
     x = np.random.default_rng(0).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
@@ -58,7 +52,7 @@ def test_bad_programs_and_formats_are_named(tmp_path: Path) -> None:
         ExecuTorchClassifier(tmp_path / "junk.pte")
     from executorch.exir import to_edge_transform_and_lower  # a program without our contract
 
-    program = torch.export.export(tiny(), (torch.zeros(1, 3, SIZE, SIZE),))
+    program = torch.export.export(tiny_conv_classifier(), (torch.zeros(1, 3, SIZE, SIZE),))
     (tmp_path / "bare.pte").write_bytes(to_edge_transform_and_lower(program).to_executorch().buffer)
     with pytest.raises(ToolkitError, match="no toolkit_preprocess method; export it with `toolkit export"):
         ExecuTorchClassifier(tmp_path / "bare.pte")

@@ -13,7 +13,7 @@ import flatbuffers
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TORCH_BLOCKER, tiny_conv_classifier
 from torch import nn
 
 from runtime.classifier import open_classifier
@@ -28,25 +28,19 @@ SIZE = 12
 CONTRACT = PreprocessContract(input_size=(SIZE, SIZE), resize_size=SIZE, class_names=("a", "b", "c"))
 
 
-def tiny() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 3)).eval()  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, bool]:
     from export.litert_export import export_litert
 
     had_jax = "jax" in sys.modules
     path = tmp_path_factory.mktemp("litert") / "m.tflite"
-    return path, export_litert(tiny(), CONTRACT, path), had_jax
+    return path, export_litert(tiny_conv_classifier(), CONTRACT, path), had_jax
 
 
 def test_fp32_and_full_integer_int8_carry_the_contract_and_match_the_model(fp32, tmp_path: Path) -> None:
     from export.litert_export import export_litert
 
-    model = tiny()
+    model = tiny_conv_classifier()
     x = np.random.default_rng(0).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         reference = model(torch.from_numpy(x)).numpy()
@@ -69,12 +63,8 @@ def test_fp32_and_full_integer_int8_carry_the_contract_and_match_the_model(fp32,
     assert meta[META_PRECISION] == b"int8" and "min_runtime_version" in meta  # the converter's entries stay
     # On a device: the session runs with torch absent.
     np.save(tmp_path / "x.npy", x)
-    script = (
-        "import importlib.abc, sys, numpy as np\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'torch': raise ImportError('blocked ' + name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    script = TORCH_BLOCKER + (
+        "import numpy as np\n"
         "from runtime.litert import LiteRTClassifier\n"
         f"out = LiteRTClassifier({str(tmp_path / 'm.int8.tflite')!r}).run(np.load({str(tmp_path / 'x.npy')!r}))\n"
         f"np.save({str(tmp_path / 'y.npy')!r}, out)\n"

@@ -79,7 +79,8 @@ def test_int8_layers_by_hand_and_the_int8_model_runs_quantized(tmp_path: Path) -
     loads and runs the result in INT8."""
     import struct
 
-    from export.ncnn_int8 import INT8_TAG, layer_params
+    from export.ncnn_export import layer_params
+    from export.ncnn_int8 import INT8_TAG
     from runtime.layer_costs import graph_precision
 
     torch.manual_seed(0)

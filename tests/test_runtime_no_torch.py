@@ -6,23 +6,20 @@ import pkgutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, TORCH_BLOCKER
 
 import runtime
 
-BLOCKER = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in {'torch', 'torchvision', 'timm'}:
-            raise ImportError('blocked: runtime must not import ' + name)
-sys.meta_path.insert(0, Block())
+BLOCKER = (
+    TORCH_BLOCKER
+    + """
 import importlib
 for name in sys.argv[1:]:
     importlib.import_module(name)
 assert 'torch' not in sys.modules
 print('ok', len(sys.argv) - 1)
 """
+)
 
 
 def runtime_modules() -> list[str]:
